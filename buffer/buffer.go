@@ -1,0 +1,235 @@
+// Package buffer holds accepted events in memory, bounded by an event count
+// and a byte size, until the flusher reports them delivered or dropped.
+//
+// An event is accounted from the moment Put accepts it until Release is
+// called for it. Take only hands entries to the consumer; they keep counting
+// against the limits while the consumer batches, sends and retries them, so a
+// long upstream outage turns into ErrFull for new writes, never into loss.
+package buffer
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrFull reports that accepting a request would exceed the buffer's limits.
+// The request was not stored; the client may retry later (HTTP 429).
+var ErrFull = errors.New("buffer: full")
+
+// ErrTooLarge reports that a request holds more events or bytes than the
+// whole buffer could ever hold, so retrying it cannot succeed (HTTP 413).
+var ErrTooLarge = errors.New("buffer: request larger than the buffer")
+
+// ErrClosed reports a Put after Close (HTTP 503: the process is draining).
+var ErrClosed = errors.New("buffer: closed")
+
+// Key says where a group of events goes: one datasource, authenticated with
+// one token. Token is empty when the flusher uses its own configured token.
+type Key struct {
+	Token      string
+	Datasource string
+}
+
+// Entry is the events of one accepted request, stored as NDJSON.
+//
+// Data holds Rows lines, each ending in '\n', byte-identical to what the
+// client sent (less CRs and blank lines). Data belongs to the buffer: the
+// consumer may read it, and may re-slice it at line boundaries, until it calls
+// Release for those rows, and must never write to it.
+type Entry struct {
+	Key  Key
+	Data []byte
+	Rows int
+	// Accepted is when Put stored the entry, in Unix nanoseconds.
+	Accepted int64
+}
+
+// Options bound a Buffer. Both limits must be positive.
+type Options struct {
+	// MaxEvents is how many events may be held at once.
+	MaxEvents int
+	// MaxBytes is how many bytes of NDJSON may be held at once.
+	MaxBytes int
+}
+
+// Stats is a snapshot of a Buffer's accounting.
+type Stats struct {
+	// Events and Bytes are held now: queued, being batched, or in flight.
+	Events, Bytes int
+	// MaxEvents and MaxBytes are the limits.
+	MaxEvents, MaxBytes int
+	// Released counts every event released since New (delivered or dropped).
+	Released uint64
+}
+
+// Buffer is a bounded, concurrency-safe store of accepted events. Its zero
+// value is not usable; create one with New.
+type Buffer struct {
+	maxEvents, maxBytes int
+
+	ready chan struct{} // capacity 1: kicked after Put and Close
+
+	// events and bytes mirror the locked counters for lock-free reads (Stats,
+	// readiness) and for an early ErrFull before Put copies anything.
+	events, bytes atomic.Int64
+	released      atomic.Uint64
+
+	mu sync.Mutex // protects everything below
+	// held counts are authoritative; admission decisions are made under mu.
+	heldEvents, heldBytes int
+	queue                 []Entry // accepted, not yet taken
+	closed                bool
+}
+
+// New returns an empty Buffer with the given limits. It panics if a limit is
+// not positive: that is a programming error, config validates user input.
+func New(opts Options) *Buffer {
+	if opts.MaxEvents <= 0 || opts.MaxBytes <= 0 {
+		panic("buffer: limits must be positive")
+	}
+	return &Buffer{
+		maxEvents: opts.MaxEvents,
+		maxBytes:  opts.MaxBytes,
+		ready:     make(chan struct{}, 1),
+	}
+}
+
+// Put stores lines as one entry for key, or nothing at all. Each line is one
+// event without its line terminator. Put copies lines into one new chunk, so
+// the caller may reuse them and their backing arrays as soon as it returns.
+//
+// Put never blocks on the consumer. It returns ErrClosed after Close,
+// ErrTooLarge when the lines could never fit, and ErrFull when they do not fit
+// now. Put with no lines stores nothing and returns nil.
+func (b *Buffer) Put(key Key, lines [][]byte) error {
+	n := len(lines)
+	if n == 0 {
+		return nil
+	}
+	size := n // one '\n' per line
+	for _, l := range lines {
+		size += len(l)
+	}
+	if n > b.maxEvents || size > b.maxBytes {
+		return ErrTooLarge
+	}
+	// Refuse early, without copying, when the buffer is visibly full: under
+	// overload this keeps the refusal path free of large allocations.
+	if int(b.events.Load())+n > b.maxEvents || int(b.bytes.Load())+size > b.maxBytes {
+		if b.isClosed() {
+			return ErrClosed
+		}
+		return ErrFull
+	}
+
+	data := make([]byte, 0, size)
+	for _, l := range lines {
+		data = append(data, l...)
+		data = append(data, '\n')
+	}
+	now := time.Now().UnixNano()
+
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return ErrClosed
+	}
+	if b.heldEvents+n > b.maxEvents || b.heldBytes+size > b.maxBytes {
+		b.mu.Unlock()
+		return ErrFull
+	}
+	b.heldEvents += n
+	b.heldBytes += size
+	b.events.Store(int64(b.heldEvents))
+	b.bytes.Store(int64(b.heldBytes))
+	b.queue = append(b.queue, Entry{Key: key, Data: data, Rows: n, Accepted: now})
+	b.mu.Unlock()
+
+	b.kick()
+	return nil
+}
+
+// Take moves every queued entry to the caller and returns them. The entries
+// stay accounted until Release. dst is a slice the caller is done with; when
+// it is empty, Take swaps it in as the new queue instead of copying, so a
+// consumer that passes back the previous result, once it has copied the
+// entries it keeps, allocates nothing in steady state. Take never blocks; it returns dst[:0] when nothing is queued.
+func (b *Buffer) Take(dst []Entry) []Entry {
+	clear(dst) // drop references to data the caller is done with
+	dst = dst[:0]
+	b.mu.Lock()
+	out := b.queue
+	b.queue = dst
+	b.mu.Unlock()
+	return out
+}
+
+// Release ends the accounting of events the consumer has delivered upstream
+// or dropped. It never blocks. Releasing more than is held is a bug; the
+// counters are clamped at zero so one bug cannot wedge admission forever.
+func (b *Buffer) Release(events, bytes int) {
+	if events <= 0 && bytes <= 0 {
+		return
+	}
+	b.mu.Lock()
+	b.heldEvents = max(b.heldEvents-events, 0)
+	b.heldBytes = max(b.heldBytes-bytes, 0)
+	b.events.Store(int64(b.heldEvents))
+	b.bytes.Store(int64(b.heldBytes))
+	b.mu.Unlock()
+	b.released.Add(uint64(max(events, 0)))
+}
+
+// Ready returns a channel that receives a value after Put stores an entry or
+// Close is called. It has capacity one, so many Puts coalesce into one wake-up:
+// after a receive, the consumer should Take everything.
+func (b *Buffer) Ready() <-chan struct{} { return b.ready }
+
+// Len returns how many events are held: queued, being batched or in flight.
+func (b *Buffer) Len() int { return int(b.events.Load()) }
+
+// Stats returns a snapshot of the accounting. It takes no lock.
+func (b *Buffer) Stats() Stats {
+	return Stats{
+		Events:    int(b.events.Load()),
+		Bytes:     int(b.bytes.Load()),
+		MaxEvents: b.maxEvents,
+		MaxBytes:  b.maxBytes,
+		Released:  b.released.Load(),
+	}
+}
+
+// Fill returns how full the buffer is, as the larger of its event and byte
+// fractions, from 0 (empty) to 1 (full).
+func (b *Buffer) Fill() float64 {
+	s := b.Stats()
+	return max(float64(s.Events)/float64(s.MaxEvents), float64(s.Bytes)/float64(s.MaxBytes))
+}
+
+// Close makes every later Put fail with ErrClosed. Entries already stored
+// stay until taken and released. Close is idempotent and safe to call
+// concurrently with Put.
+func (b *Buffer) Close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.kick()
+}
+
+// Closed reports whether Close has been called.
+func (b *Buffer) Closed() bool { return b.isClosed() }
+
+func (b *Buffer) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+func (b *Buffer) kick() {
+	select {
+	case b.ready <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,319 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Config is the proxy's validated configuration. Each field names the
+// environment variable it comes from and that variable's default.
+//
+// The zero value is not a valid configuration; use [Load]. A Config is a plain
+// value that is safe to read from many goroutines; copies share
+// AuthorizationTokens, which callers must not modify.
+type Config struct {
+	// Port is the TCP port to listen on (PORT, 8080); 0 picks a free port.
+	Port int `env:"PORT" envDefault:"8080"`
+
+	// TinybirdToken is the token sent upstream in proxy-token mode
+	// (TINYBIRD_TOKEN, unset). Empty means pass-through mode. It is secret.
+	TinybirdToken string `env:"TINYBIRD_TOKEN"`
+
+	// TinybirdBaseURL is the upstream API (TINYBIRD_BASE_URL,
+	// https://api.tinybird.co) without a trailing slash, or file://<dir> for
+	// the file sink; see [Config.FileSinkDir].
+	TinybirdBaseURL string `env:"TINYBIRD_BASE_URL" envDefault:"https://api.tinybird.co"`
+
+	// AuthorizationTokens are the tokens clients may send in proxy-token mode
+	// (AUTHORIZATION_TOKEN, comma-separated, unset), trimmed, with empty items
+	// dropped. They are secret.
+	AuthorizationTokens []string `env:"AUTHORIZATION_TOKEN"`
+
+	// AllowUnauthenticated lets anyone use TinybirdToken when
+	// AuthorizationTokens is empty (ALLOW_UNAUTHENTICATED, false).
+	AllowUnauthenticated bool `env:"ALLOW_UNAUTHENTICATED" envDefault:"false"`
+
+	// BatchSize is the most events sent in one upstream request (BATCH_SIZE, 100000).
+	BatchSize int `env:"BATCH_SIZE" envDefault:"100000"`
+
+	// BatchMaxBytes is the most uncompressed NDJSON bytes in one upstream
+	// request (BATCH_MAX_BYTES, 10MiB).
+	BatchMaxBytes ByteSize `env:"BATCH_MAX_BYTES" envDefault:"10MiB"`
+
+	// BufferSize is the most events held in memory (BUFFER_SIZE, 1000000).
+	BufferSize int `env:"BUFFER_SIZE" envDefault:"1000000"`
+
+	// BufferMaxBytes is the most event bytes held in memory (BUFFER_MAX_BYTES, 512MiB).
+	BufferMaxBytes ByteSize `env:"BUFFER_MAX_BYTES" envDefault:"512MiB"`
+
+	// BufferHighWatermark is the fraction of BufferSize or BufferMaxBytes above
+	// which readiness fails (BUFFER_HIGH_WATERMARK, 0.9), in (0, 1].
+	BufferHighWatermark float64 `env:"BUFFER_HIGH_WATERMARK" envDefault:"0.9"`
+
+	// FlushInterval is the longest an event waits before its batch is sent
+	// (FLUSH_INTERVAL, 1000 milliseconds).
+	FlushInterval Millis `env:"FLUSH_INTERVAL" envDefault:"1000"`
+
+	// MaxBodyBytes is the largest request body accepted, measured after
+	// decompression (MAX_BODY_BYTES, 10MiB).
+	MaxBodyBytes ByteSize `env:"MAX_BODY_BYTES" envDefault:"10MiB"`
+
+	// UpstreamWait sends wait=true upstream, so Tinybird answers only once the
+	// rows are written (UPSTREAM_WAIT, true).
+	UpstreamWait bool `env:"UPSTREAM_WAIT" envDefault:"true"`
+
+	// UpstreamConcurrency is the most upstream requests in flight
+	// (UPSTREAM_CONCURRENCY, 4).
+	UpstreamConcurrency int `env:"UPSTREAM_CONCURRENCY" envDefault:"4"`
+
+	// UpstreamTimeout bounds one upstream request (UPSTREAM_TIMEOUT, 30s).
+	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"30s"`
+
+	// RetryMinBackoff is the first retry delay (RETRY_MIN_BACKOFF, 100ms).
+	RetryMinBackoff time.Duration `env:"RETRY_MIN_BACKOFF" envDefault:"100ms"`
+
+	// RetryMaxBackoff caps the exponential retry delay (RETRY_MAX_BACKOFF, 10s).
+	RetryMaxBackoff time.Duration `env:"RETRY_MAX_BACKOFF" envDefault:"10s"`
+
+	// ShutdownTimeout bounds the graceful shutdown after SIGINT or SIGTERM,
+	// including sending buffered events (SHUTDOWN_TIMEOUT, 30s).
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+
+	// ShutdownDelay is how long the proxy reports not ready before it stops
+	// accepting connections (SHUTDOWN_DELAY, 0).
+	ShutdownDelay time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
+
+	// ReadTimeout is the HTTP server's read timeout (READ_TIMEOUT, 30s).
+	ReadTimeout time.Duration `env:"READ_TIMEOUT" envDefault:"30s"`
+
+	// WriteTimeout is the HTTP server's write timeout (WRITE_TIMEOUT, 30s).
+	WriteTimeout time.Duration `env:"WRITE_TIMEOUT" envDefault:"30s"`
+
+	// IdleTimeout is the HTTP server's keep-alive idle timeout (IDLE_TIMEOUT, 60s).
+	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"60s"`
+
+	// LogLevel is the lowest level logged (LOG_LEVEL, info).
+	LogLevel slog.Level `env:"LOG_LEVEL" envDefault:"info"`
+
+	// LogFormat is "json" or "text" (LOG_FORMAT, json).
+	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
+}
+
+const fileScheme = "file://"
+
+// Load reads the configuration from environ, a map from variable name to
+// value such as env.ToMap(os.Environ()) builds; a nil map means an empty
+// environment, never the process's own. Unset or empty variables take their
+// defaults. On error Load returns the zero Config and every problem found,
+// joined with errors.Join, one line per variable.
+func Load(environ map[string]string) (Config, error) {
+	if environ == nil {
+		// env.ParseWithOptions falls back to os.Environ for a nil map.
+		environ = map[string]string{}
+	}
+	var c Config
+	err := env.ParseWithOptions(&c, env.Options{
+		Environment: environ,
+		FuncMap:     map[reflect.Type]env.ParserFunc{reflect.TypeFor[time.Duration](): parseDuration},
+	})
+	errs, failed := parseErrors(err, environ)
+
+	c.TinybirdToken = strings.TrimSpace(c.TinybirdToken)
+	c.AuthorizationTokens = cleanList(c.AuthorizationTokens)
+	c.LogFormat = strings.ToLower(c.LogFormat)
+	base, err := normalizeBaseURL(c.TinybirdBaseURL)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("TINYBIRD_BASE_URL: %w", err))
+	}
+	c.TinybirdBaseURL = base
+
+	errs = append(errs, c.validate(failed)...)
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// ProxyTokenMode reports whether TINYBIRD_TOKEN is set, so the proxy sends
+// its own token upstream. False means pass-through mode: each client's token
+// goes upstream.
+func (c Config) ProxyTokenMode() bool {
+	return c.TinybirdToken != ""
+}
+
+// FileSinkDir returns the directory of a TINYBIRD_BASE_URL of the form
+// file://<dir>, which is everything after "file://": file://./events gives
+// "./events" and file:///var/lib/x gives "/var/lib/x". False means events go
+// to an HTTP upstream.
+func (c Config) FileSinkDir() (string, bool) {
+	return strings.CutPrefix(c.TinybirdBaseURL, fileScheme)
+}
+
+// LogValue implements [slog.LogValuer] for a start-up log line. It shows
+// whether TINYBIRD_TOKEN is set and how many AUTHORIZATION_TOKEN values there
+// are, never the tokens, and replaces any user:password in the base URL with
+// REDACTED. Sizes and durations are strings such as "10MiB" and "30s".
+func (c Config) LogValue() slog.Value {
+	base := c.TinybirdBaseURL
+	if u, err := url.Parse(base); err == nil && u.User != nil {
+		u.User = url.User("REDACTED") // a bare user name can be a token too
+		base = u.String()
+	}
+	return slog.GroupValue(
+		slog.Int("port", c.Port),
+		slog.Bool("tinybird_token_set", c.TinybirdToken != ""),
+		slog.String("tinybird_base_url", base),
+		slog.Int("authorization_token_count", len(c.AuthorizationTokens)),
+		slog.Bool("allow_unauthenticated", c.AllowUnauthenticated),
+		slog.Int("batch_size", c.BatchSize),
+		slog.String("batch_max_bytes", c.BatchMaxBytes.String()),
+		slog.Int("buffer_size", c.BufferSize),
+		slog.String("buffer_max_bytes", c.BufferMaxBytes.String()),
+		slog.Float64("buffer_high_watermark", c.BufferHighWatermark),
+		slog.String("flush_interval", c.FlushInterval.String()),
+		slog.String("max_body_bytes", c.MaxBodyBytes.String()),
+		slog.Bool("upstream_wait", c.UpstreamWait),
+		slog.Int("upstream_concurrency", c.UpstreamConcurrency),
+		slog.String("upstream_timeout", c.UpstreamTimeout.String()),
+		slog.String("retry_min_backoff", c.RetryMinBackoff.String()),
+		slog.String("retry_max_backoff", c.RetryMaxBackoff.String()),
+		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
+		slog.String("shutdown_delay", c.ShutdownDelay.String()),
+		slog.String("read_timeout", c.ReadTimeout.String()),
+		slog.String("write_timeout", c.WriteTimeout.String()),
+		slog.String("idle_timeout", c.IdleTimeout.String()),
+		slog.String("log_level", c.LogLevel.String()),
+		slog.String("log_format", c.LogFormat),
+	)
+}
+
+// isSecret reports whether the variable's value must never appear in an
+// error or a log line.
+func isSecret(key string) bool {
+	return key == "TINYBIRD_TOKEN" || key == "AUTHORIZATION_TOKEN"
+}
+
+// parseDuration replaces env's duration parser, whose message repeats the
+// value inside "unable to parse duration: time: invalid duration".
+func parseDuration(s string) (any, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return nil, fmt.Errorf("invalid duration %q (want a Go duration such as 30s or 250ms)", s)
+	}
+	return d, nil
+}
+
+// cleanList trims each item and drops the empty ones; it returns nil when
+// nothing is left.
+func cleanList(items []string) []string {
+	var out []string
+	for _, s := range items {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// normalizeBaseURL checks a TINYBIRD_BASE_URL value and returns it without a
+// trailing slash. Its errors never repeat the URL, which may hold a password.
+func normalizeBaseURL(raw string) (string, error) {
+	const want = "want http://<host>, https://<host> or file://<dir>"
+	if len(raw) >= len(fileScheme) && strings.EqualFold(raw[:len(fileScheme)], fileScheme) {
+		dir := raw[len(fileScheme):]
+		if dir == "" {
+			return "", errors.New("file:// needs a directory, such as file://./events or file:///var/lib/tbproxy")
+		}
+		return fileScheme + dir, nil
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("not a valid URL; %s", want)
+	case u.Scheme != "http" && u.Scheme != "https":
+		if u.Scheme != "" && u.Opaque == "" {
+			return "", fmt.Errorf("unsupported scheme %q; %s", u.Scheme, want)
+		}
+		return "", fmt.Errorf("unsupported URL; %s", want)
+	case u.Host == "":
+		return "", fmt.Errorf("missing host; %s", want)
+	case u.RawQuery != "" || u.Fragment != "":
+		// The flusher appends /v0/events?name=…, and a token in the query
+		// would end up in logs; it belongs in TINYBIRD_TOKEN.
+		return "", errors.New("must not contain a query or fragment")
+	}
+	return strings.TrimRight(raw, "/"), nil
+}
+
+// parseErrors turns the error from env.ParseWithOptions into one error per
+// variable, each starting with the variable's name, and returns the set of
+// variables that failed to parse so validation can skip them.
+func parseErrors(err error, environ map[string]string) ([]error, map[string]bool) {
+	failed := map[string]bool{}
+	if err == nil {
+		return nil, failed
+	}
+	var all []error
+	var agg env.AggregateError
+	if errors.As(err, &agg) {
+		all = agg.Errors
+	} else {
+		all = []error{err}
+	}
+	var errs []error
+	for _, e := range all {
+		var pe env.ParseError
+		if !errors.As(e, &pe) {
+			errs = append(errs, e) // a programming error in Config, such as a bad tag
+			continue
+		}
+		key := envKey(pe.Name)
+		failed[key] = true
+		errs = append(errs, fmt.Errorf("%s: %s", key, describeParseError(key, pe, environ[key])))
+	}
+	return errs, failed
+}
+
+// describeParseError explains why value did not parse, in the same words
+// whatever the Go type, and never repeats a secret value.
+func describeParseError(key string, pe env.ParseError, value string) string {
+	if isSecret(key) {
+		return "invalid value"
+	}
+	var num *strconv.NumError
+	switch {
+	case pe.Type == reflect.TypeFor[slog.Level]():
+		return fmt.Sprintf("invalid level %q (want debug, info, warn or error)", value)
+	case errors.As(pe.Err, &num) && num.Func == "ParseBool":
+		return fmt.Sprintf("invalid boolean %q (want true or false)", num.Num)
+	case errors.As(pe.Err, &num):
+		kind := "integer"
+		if num.Func == "ParseFloat" {
+			kind = "number"
+		}
+		if errors.Is(num.Err, strconv.ErrRange) {
+			return fmt.Sprintf("%s %q out of range", kind, num.Num)
+		}
+		return fmt.Sprintf("invalid %s %q", kind, num.Num)
+	}
+	return pe.Err.Error()
+}
+
+// envKey returns the variable behind the Config field called name, or name
+// itself if there is no such field.
+func envKey(name string) string {
+	f, ok := reflect.TypeFor[Config]().FieldByName(name)
+	if !ok {
+		return name
+	}
+	key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+	return key
+}

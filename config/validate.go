@@ -1,0 +1,84 @@
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// validate checks value ranges and the rules that join two variables. It
+// skips variables in failed, which already have a parse error, so each
+// mistake is reported once.
+func (c Config) validate(failed map[string]bool) []error {
+	v := validator{failed: failed}
+
+	v.check(c.Port >= 0 && c.Port <= 65535, "PORT", "must be between 0 and 65535, got %d", c.Port)
+	if c.ProxyTokenMode() && len(c.AuthorizationTokens) == 0 && !c.AllowUnauthenticated && v.ok("AUTHORIZATION_TOKEN", "ALLOW_UNAUTHENTICATED") {
+		v.check(false, "AUTHORIZATION_TOKEN", "required when TINYBIRD_TOKEN is set: "+
+			"set AUTHORIZATION_TOKEN to the comma-separated tokens your clients will send, "+
+			"or set ALLOW_UNAUTHENTICATED=true to run an open proxy that spends your TINYBIRD_TOKEN for anyone who can reach it")
+	}
+	if _, file := c.FileSinkDir(); !file && !c.ProxyTokenMode() && len(c.AuthorizationTokens) > 0 && v.ok("TINYBIRD_BASE_URL") {
+		v.check(false, "AUTHORIZATION_TOKEN", "is set but TINYBIRD_TOKEN is not: "+
+			"without TINYBIRD_TOKEN the proxy forwards each client's own Tinybird token (pass-through mode), "+
+			"so the proxy would have no token to send upstream; set TINYBIRD_TOKEN too, or unset AUTHORIZATION_TOKEN")
+	}
+	v.check(c.BatchSize >= 1, "BATCH_SIZE", "must be at least 1, got %d", c.BatchSize)
+	v.check(c.BatchMaxBytes >= 1<<10, "BATCH_MAX_BYTES", "must be at least 1KiB, got %s", c.BatchMaxBytes)
+	v.check(c.BufferSize >= 1, "BUFFER_SIZE", "must be at least 1, got %d", c.BufferSize)
+	v.check(c.BufferMaxBytes > 0, "BUFFER_MAX_BYTES", "must be greater than 0, got %s", c.BufferMaxBytes)
+	v.check(c.BufferHighWatermark > 0 && c.BufferHighWatermark <= 1, "BUFFER_HIGH_WATERMARK",
+		"must be greater than 0 and at most 1, got %g", c.BufferHighWatermark)
+	v.positive("FLUSH_INTERVAL", time.Duration(c.FlushInterval))
+	v.check(c.MaxBodyBytes > 0, "MAX_BODY_BYTES", "must be greater than 0, got %s", c.MaxBodyBytes)
+	if c.MaxBodyBytes > 0 && c.BufferMaxBytes > 0 && v.ok("BUFFER_MAX_BYTES") {
+		v.check(c.MaxBodyBytes <= c.BufferMaxBytes, "MAX_BODY_BYTES",
+			"%s must not exceed BUFFER_MAX_BYTES (%s), or a full request could never fit in the buffer", c.MaxBodyBytes, c.BufferMaxBytes)
+	}
+	v.check(c.UpstreamConcurrency >= 1 && c.UpstreamConcurrency <= 1024, "UPSTREAM_CONCURRENCY",
+		"must be between 1 and 1024, got %d", c.UpstreamConcurrency)
+	v.positive("UPSTREAM_TIMEOUT", c.UpstreamTimeout)
+	v.positive("RETRY_MIN_BACKOFF", c.RetryMinBackoff)
+	v.positive("RETRY_MAX_BACKOFF", c.RetryMaxBackoff)
+	if c.RetryMinBackoff > 0 && v.ok("RETRY_MIN_BACKOFF") {
+		v.check(c.RetryMaxBackoff >= c.RetryMinBackoff, "RETRY_MAX_BACKOFF",
+			"%s must not be less than RETRY_MIN_BACKOFF (%s)", c.RetryMaxBackoff, c.RetryMinBackoff)
+	}
+	v.positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
+	v.check(c.ShutdownDelay >= 0, "SHUTDOWN_DELAY", "must not be negative, got %s", c.ShutdownDelay)
+	// A zero ReadTimeout or IdleTimeout lets idle keep-alive connections pin
+	// shutdown open (house style §4).
+	v.positive("READ_TIMEOUT", c.ReadTimeout)
+	v.positive("WRITE_TIMEOUT", c.WriteTimeout)
+	v.positive("IDLE_TIMEOUT", c.IdleTimeout)
+	v.check(c.LogFormat == "json" || c.LogFormat == "text", "LOG_FORMAT", "must be json or text, got %q", c.LogFormat)
+	return v.errs
+}
+
+// validator collects one error per failed check.
+type validator struct {
+	failed map[string]bool // variables that did not parse; their checks are skipped
+	errs   []error
+}
+
+// ok reports whether none of keys failed to parse.
+func (v *validator) ok(keys ...string) bool {
+	for _, k := range keys {
+		if v.failed[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// check records "KEY: message" unless cond holds or key failed to parse.
+func (v *validator) check(cond bool, key, format string, args ...any) {
+	if cond || v.failed[key] {
+		return
+	}
+	v.errs = append(v.errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+}
+
+// positive checks that the duration in key is greater than zero.
+func (v *validator) positive(key string, d time.Duration) {
+	v.check(d > 0, key, "must be greater than 0, got %s", d)
+}
