@@ -1,0 +1,170 @@
+package flusher
+
+import (
+	"bytes"
+	"io"
+	"time"
+
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+// Batch is a group of events for one key that is sent upstream in one
+// request. Its NDJSON is held as pieces of buffer entries, never copied into
+// one slice, so a batch costs a few pointers per request it carries.
+//
+// A Batch is owned by one goroutine at a time: the flusher's loop while it
+// grows, then the goroutine delivering it. Upstreams only read it.
+type Batch struct {
+	Key buffer.Key
+	// Rows and Bytes are the events and NDJSON bytes the batch carries.
+	Rows, Bytes int
+
+	parts [][]byte // whole lines, each ending in '\n'
+	first int64    // Accepted time of the oldest entry, Unix nanoseconds
+}
+
+// WriteTo writes the batch as NDJSON (every line ends in '\n') to w.
+func (b *Batch) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for _, p := range b.parts {
+		m, err := w.Write(p)
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (b *Batch) add(data []byte, rows int, accepted int64) {
+	if b.Rows == 0 || accepted < b.first {
+		b.first = accepted
+	}
+	b.parts = append(b.parts, data)
+	b.Rows += rows
+	b.Bytes += len(data)
+}
+
+// policy decides when a growing batch is sent: when it holds rows events or
+// bytes of NDJSON, or interval after its first event arrived, whichever comes
+// first (Benthos-style batch policy as a pure value, so it is table-testable).
+type policy struct {
+	rows, bytes int
+	interval    time.Duration
+}
+
+// room returns how many more events and bytes a batch may take.
+func (p policy) room(b *Batch) (rows, bytes int) {
+	return p.rows - b.Rows, p.bytes - b.Bytes
+}
+
+// full reports whether b must be sent now, whatever its age.
+func (p policy) full(b *Batch) bool {
+	return b.Rows >= p.rows || b.Bytes >= p.bytes
+}
+
+// due reports whether a batch opened at opened must be sent at now.
+func (p policy) due(opened, now time.Time) bool {
+	return !now.Before(opened.Add(p.interval))
+}
+
+// cutLines returns how much of data, a run of '\n'-terminated lines, fits in
+// maxRows lines and maxBytes bytes: the length of the longest prefix of whole
+// lines within both limits, and how many lines that is.
+func cutLines(data []byte, maxRows, maxBytes int) (n, rows int) {
+	for rows < maxRows {
+		i := bytes.IndexByte(data[n:], '\n')
+		if i < 0 || n+i+1 > maxBytes {
+			break
+		}
+		n += i + 1
+		rows++
+	}
+	return n, rows
+}
+
+// stream is the flusher's state for one key: the batch that is growing, the
+// full batches waiting their turn, and the one batch in flight. One batch in
+// flight per key keeps a failing datasource from taking more than its share
+// of upstream slots and keeps each key's rows in order; different keys are
+// sent in parallel. Owned by the flusher's loop goroutine.
+type stream struct {
+	key      buffer.Key
+	open     *Batch
+	openedAt time.Time
+	ready    []*Batch
+	inflight *Batch
+}
+
+// add appends an entry's rows to the stream, sealing batches as they fill.
+// An entry larger than a batch is cut at line boundaries; a single line
+// larger than a whole batch is sent alone.
+func (s *stream) add(e buffer.Entry, p policy, now time.Time) {
+	data, rows := e.Data, e.Rows
+	for rows > 0 {
+		if s.open == nil {
+			s.open = &Batch{Key: s.key}
+			s.openedAt = now
+		}
+		roomRows, roomBytes := p.room(s.open)
+		if rows <= roomRows && len(data) <= roomBytes {
+			s.open.add(data, rows, e.Accepted)
+			rows = 0
+		} else {
+			n, r := cutLines(data, roomRows, roomBytes)
+			if r == 0 && s.open.Rows > 0 {
+				s.seal()
+				continue
+			}
+			if r == 0 { // one line larger than a whole batch
+				n = bytes.IndexByte(data, '\n') + 1
+				if n == 0 {
+					n = len(data)
+				}
+				r = 1
+			}
+			s.open.add(data[:n:n], r, e.Accepted)
+			data, rows = data[n:], rows-r
+		}
+		if p.full(s.open) {
+			s.seal()
+		}
+	}
+}
+
+// seal moves the growing batch, if any, to the ready queue.
+func (s *stream) seal() {
+	if s.open != nil && s.open.Rows > 0 {
+		s.ready = append(s.ready, s.open)
+	}
+	s.open = nil
+}
+
+// next removes and returns the batch to send now, or nil.
+func (s *stream) next() *Batch {
+	if s.inflight != nil || len(s.ready) == 0 {
+		return nil
+	}
+	b := s.ready[0]
+	s.ready[0] = nil
+	s.ready = s.ready[1:]
+	s.inflight = b
+	return b
+}
+
+func (s *stream) idle() bool {
+	return s.open == nil && len(s.ready) == 0 && s.inflight == nil
+}
+
+// oldest returns the Accepted time of the oldest event the stream holds.
+func (s *stream) oldest() (int64, bool) {
+	switch {
+	case s.inflight != nil:
+		return s.inflight.first, true
+	case len(s.ready) > 0:
+		return s.ready[0].first, true
+	case s.open != nil:
+		return s.open.first, true
+	}
+	return 0, false
+}

@@ -1,0 +1,122 @@
+package flusher
+
+import (
+	"bytes"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+func TestPolicy(t *testing.T) {
+	p := policy{rows: 3, bytes: 100, interval: time.Second}
+	t0 := time.Unix(1000, 0)
+	for _, tt := range []struct {
+		name       string
+		rows, size int
+		full       bool
+	}{
+		{"empty", 0, 0, false},
+		{"below both", 2, 99, false},
+		{"rows reached", 3, 10, true},
+		{"bytes reached", 1, 100, true},
+	} {
+		if got := p.full(&Batch{Rows: tt.rows, Bytes: tt.size}); got != tt.full {
+			t.Errorf("%s: full = %v; want %v", tt.name, got, tt.full)
+		}
+	}
+	if p.due(t0, t0.Add(999*time.Millisecond)) || !p.due(t0, t0.Add(time.Second)) {
+		t.Errorf("due must turn true exactly one interval after opening")
+	}
+}
+
+func TestCutLines(t *testing.T) {
+	f := func(data string, maxRows, maxBytes, wantN, wantRows int) {
+		t.Helper()
+		n, rows := cutLines([]byte(data), maxRows, maxBytes)
+		if n != wantN || rows != wantRows {
+			t.Errorf("cutLines(%q, %d, %d) = %d, %d; want %d, %d", data, maxRows, maxBytes, n, rows, wantN, wantRows)
+		}
+	}
+	f("a\nbb\nccc\n", 10, 100, 9, 3)
+	f("a\nbb\nccc\n", 2, 100, 5, 2)
+	f("a\nbb\nccc\n", 10, 5, 5, 2)
+	f("a\nbb\nccc\n", 10, 4, 2, 1)
+	f("a\nbb\nccc\n", 10, 1, 0, 0)
+	f("a\nbb\nccc\n", 0, 100, 0, 0)
+}
+
+// TestStreamAdd checks that entries are cut into batches at line boundaries
+// and that nothing is lost or reordered.
+func TestStreamAdd(t *testing.T) {
+	p := policy{rows: 4, bytes: 20, interval: time.Hour}
+	s := &stream{key: buffer.Key{Datasource: "ds"}}
+	now := time.Now()
+	entry := func(lines ...string) buffer.Entry {
+		return buffer.Entry{Data: []byte(strings.Join(lines, "\n") + "\n"), Rows: len(lines), Accepted: 1}
+	}
+	s.add(entry("{}", "{}", "{}"), p, now)                         // 9 bytes, 3 rows
+	s.add(entry("{}", "{}", "{}"), p, now)                         // fills rows to 4, then 2 more
+	s.add(entry(`{"long":"`+strings.Repeat("x", 30)+`"}`), p, now) // larger than a whole batch
+	s.add(entry("{}"), p, now)
+	s.seal()
+	var got []string
+	var all bytes.Buffer
+	for _, b := range s.ready {
+		var one bytes.Buffer
+		if _, err := b.WriteTo(&one); err != nil {
+			t.Fatal(err)
+		}
+		if b.Rows != strings.Count(one.String(), "\n") || b.Bytes != one.Len() {
+			t.Errorf("batch says %d rows %d bytes; holds %q", b.Rows, b.Bytes, one.String())
+		}
+		got = append(got, one.String())
+		all.Write(one.Bytes())
+	}
+	want := []string{"{}\n{}\n{}\n{}\n", "{}\n{}\n", `{"long":"` + strings.Repeat("x", 30) + "\"}\n", "{}\n"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("batches: got %q; want %q", got, want)
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	f := func(h map[string]string, want time.Duration) {
+		t.Helper()
+		got := retryAfter(func(k string) string { return h[k] }, now)
+		if got != want {
+			t.Errorf("retryAfter(%v) = %s; want %s", h, got, want)
+		}
+	}
+	f(map[string]string{}, 0)
+	f(map[string]string{"Retry-After": "3"}, 3*time.Second)
+	f(map[string]string{"Retry-After": now.Add(7 * time.Second).Format(http.TimeFormat)}, 7*time.Second)
+	f(map[string]string{"X-RateLimit-Reset": "2"}, 2*time.Second)
+	f(map[string]string{"Retry-After": "1", "X-RateLimit-Reset": "9"}, time.Second)
+	f(map[string]string{"Retry-After": "junk", "X-RateLimit-Reset": "4"}, 4*time.Second)
+	f(map[string]string{"Retry-After": "999999"}, maxRetryAfter)
+	f(map[string]string{"Retry-After": "-5"}, 0)
+}
+
+func TestClassify(t *testing.T) {
+	none := func(string) string { return "" }
+	for status, want := range map[int]string{200: "ok", 202: "ok", 429: "retry", 500: "retry", 503: "retry", 400: "final", 403: "final", 413: "final", 422: "final"} {
+		err := classify(status, []byte(`{"error":"boom"}`), none, time.Now())
+		_, retry := isRetryable(err)
+		got := "final"
+		switch {
+		case err == nil:
+			got = "ok"
+		case retry:
+			got = "retry"
+		}
+		if got != want {
+			t.Errorf("classify(%d) = %s; want %s", status, got, want)
+		}
+		if err != nil && !strings.Contains(err.Error(), "boom") {
+			t.Errorf("classify(%d) error %q lacks the upstream message", status, err)
+		}
+	}
+}

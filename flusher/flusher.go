@@ -1,0 +1,396 @@
+// Package flusher takes events from the buffer, groups them into batches per
+// token and datasource, and delivers each batch upstream with retries. Events
+// leave the buffer's accounting only once upstream acknowledged them or they
+// were dropped for a reason that is logged and counted.
+package flusher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+// Options configure a Flusher. Zero values are replaced by the defaults
+// noted on each field.
+type Options struct {
+	// Upstream receives the batches. Required.
+	Upstream Upstream
+	// BatchRows and BatchBytes cut a batch (defaults 100,000 and 10 MiB).
+	BatchRows, BatchBytes int
+	// FlushInterval sends a batch this long after its first event even if it
+	// is not full (default 1s).
+	FlushInterval time.Duration
+	// Concurrency bounds the upstream requests in flight at once (default 4).
+	Concurrency int
+	// MinBackoff and MaxBackoff bound the exponential backoff between
+	// retries (defaults 100ms and 10s). A Retry-After from upstream wins.
+	MinBackoff, MaxBackoff time.Duration
+	// DrainTimeout bounds delivery after Run's context ends (default 30s).
+	DrainTimeout time.Duration
+}
+
+func (o *Options) setDefaults() {
+	if o.BatchRows <= 0 {
+		o.BatchRows = 100_000
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 10 << 20
+	}
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = time.Second
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(10*time.Second, o.MinBackoff)
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 30 * time.Second
+	}
+}
+
+// ErrUndelivered is wrapped by Run's error when acknowledged events were
+// still undelivered at the drain deadline.
+var ErrUndelivered = errors.New("acknowledged events were not delivered")
+
+// Flusher moves events from a buffer to an upstream. Create one with New and
+// call Run once.
+type Flusher struct {
+	buf    *buffer.Buffer
+	opts   Options
+	policy policy
+	log    *slog.Logger
+	m      *metrics
+
+	sem     chan struct{} // one token per upstream request in flight
+	results chan result
+	senders sync.WaitGroup
+
+	// drainDeadline is set once draining starts (Unix nanoseconds); no
+	// upstream attempt is given a deadline past it.
+	drainDeadline atomic.Int64
+	// oldestNanos is the Accepted time of the oldest held event, refreshed
+	// by the loop, read by the metrics scrape. Zero when nothing is held.
+	oldestNanos atomic.Int64
+
+	// Owned by the Run goroutine.
+	streams map[buffer.Key]*stream
+}
+
+type outcome int
+
+const (
+	delivered outcome = iota
+	dropped
+	aborted // hard stop: the batch stays accounted and is counted as lost
+)
+
+type result struct {
+	s       *stream
+	b       *Batch
+	outcome outcome
+	res     Result
+	reason  string
+}
+
+// New returns a Flusher that drains buf into opts.Upstream. Metrics are
+// registered on reg; an error means a metric was already registered.
+func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.Logger) (*Flusher, error) {
+	if opts.Upstream == nil {
+		return nil, errors.New("flusher: no upstream")
+	}
+	opts.setDefaults()
+	f := &Flusher{
+		buf:     buf,
+		opts:    opts,
+		policy:  policy{rows: opts.BatchRows, bytes: opts.BatchBytes, interval: opts.FlushInterval},
+		log:     log,
+		sem:     make(chan struct{}, opts.Concurrency),
+		results: make(chan result),
+		streams: make(map[buffer.Key]*stream),
+	}
+	m, err := newMetrics(reg, buf, f.oldestAge)
+	if err != nil {
+		return nil, fmt.Errorf("flusher: register metrics: %w", err)
+	}
+	f.m = m
+	return f, nil
+}
+
+// Run delivers batches until ctx ends, then drains: every batch is sent at
+// once, and Run returns nil when everything the buffer held was delivered or
+// dropped. If that takes longer than DrainTimeout, in-flight attempts are
+// abandoned, what is left is logged and counted as dropped with reason
+// shutdown_timeout, and the error wraps ErrUndelivered. Close the buffer
+// before ctx ends, or new events keep the drain going until its deadline.
+// Run blocks; call it once.
+func (f *Flusher) Run(ctx context.Context) error {
+	sendCtx, hardStop := context.WithCancel(context.Background())
+	defer hardStop()
+
+	var (
+		taken     []buffer.Entry
+		done      = ctx.Done()
+		draining  bool
+		drainEnd  <-chan time.Time
+		timer     = time.NewTimer(time.Hour)
+		nextFlush time.Time // zero: no batch is waiting on the interval
+		refreshed time.Time
+	)
+	timer.Stop()
+	defer timer.Stop()
+
+	for {
+		if draining && f.buf.Len() == 0 {
+			f.senders.Wait() // every batch was finished, so they are exiting
+			f.refreshOldest()
+			return nil
+		}
+		select {
+		case <-f.buf.Ready():
+			taken = f.buf.Take(taken)
+			now := time.Now()
+			for _, e := range taken {
+				s := f.stream(e.Key)
+				wasOpen := s.open != nil
+				s.add(e, f.policy, now)
+				if !wasOpen && s.open != nil && (nextFlush.IsZero() || s.openedAt.Add(f.policy.interval).Before(nextFlush)) {
+					nextFlush = s.openedAt.Add(f.policy.interval)
+				}
+			}
+		case <-timer.C:
+			nextFlush = f.sealDue(time.Now())
+		case r := <-f.results:
+			f.finish(r)
+		case <-done:
+			done = nil
+			draining = true
+			deadline := time.Now().Add(f.opts.DrainTimeout)
+			f.drainDeadline.Store(deadline.UnixNano())
+			drainEnd = time.After(f.opts.DrainTimeout)
+			f.log.Info("draining", "held_events", f.buf.Len(), "timeout", f.opts.DrainTimeout)
+		case <-drainEnd:
+			hardStop()
+			return f.abandon()
+		}
+		if draining {
+			for _, s := range f.streams {
+				s.seal()
+			}
+			nextFlush = time.Time{}
+		}
+		f.startSends(sendCtx)
+		if !nextFlush.IsZero() {
+			timer.Reset(time.Until(nextFlush))
+		}
+		if now := time.Now(); now.Sub(refreshed) > 250*time.Millisecond {
+			refreshed = now
+			f.refreshOldest()
+		}
+	}
+}
+
+func (f *Flusher) stream(k buffer.Key) *stream {
+	s := f.streams[k]
+	if s == nil {
+		s = &stream{key: k}
+		f.streams[k] = s
+	}
+	return s
+}
+
+// sealDue seals every batch whose interval has passed and returns when the
+// next one is due (zero if none is open).
+func (f *Flusher) sealDue(now time.Time) time.Time {
+	var next time.Time
+	for _, s := range f.streams {
+		if s.open == nil {
+			continue
+		}
+		if f.policy.due(s.openedAt, now) {
+			s.seal()
+			continue
+		}
+		if due := s.openedAt.Add(f.policy.interval); next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	return next
+}
+
+func (f *Flusher) startSends(ctx context.Context) {
+	for _, s := range f.streams {
+		if b := s.next(); b != nil {
+			f.m.inflight.Inc()
+			f.senders.Go(func() {
+				r := f.deliver(ctx, b)
+				r.s = s
+				f.results <- r
+			})
+		}
+	}
+}
+
+// finish applies a delivery's outcome. It runs on the loop goroutine.
+func (f *Flusher) finish(r result) {
+	f.m.inflight.Dec()
+	r.s.inflight = nil
+	switch r.outcome {
+	case delivered:
+		f.m.delivered.Add(float64(r.res.SuccessfulRows))
+		f.m.quarantined.Add(float64(r.res.QuarantinedRows))
+		f.buf.Release(r.b.Rows, r.b.Bytes)
+	case dropped:
+		f.m.dropped.WithLabelValues(r.reason).Add(float64(r.b.Rows))
+		f.buf.Release(r.b.Rows, r.b.Bytes)
+	case aborted:
+		return // still held; abandon counts it
+	}
+	if r.s.idle() {
+		delete(f.streams, r.s.key)
+	}
+}
+
+// abandon ends a drain that ran out of time: it waits for the senders (they
+// stop at once, their context is cancelled and no attempt outlives the drain
+// deadline), then counts everything still held as lost.
+func (f *Flusher) abandon() error {
+	go func() {
+		f.senders.Wait()
+		close(f.results)
+	}()
+	for r := range f.results {
+		f.finish(r)
+	}
+	lost := f.buf.Len()
+	f.refreshOldest()
+	if lost == 0 {
+		return nil
+	}
+	f.m.dropped.WithLabelValues(reasonShutdownTimeout).Add(float64(lost))
+	f.log.Error("shutdown timeout: acknowledged events were not delivered",
+		"events", lost, "reason", reasonShutdownTimeout, "timeout", f.opts.DrainTimeout)
+	return fmt.Errorf("%w: %d events still held after %s", ErrUndelivered, lost, f.opts.DrainTimeout)
+}
+
+// deliver sends one batch until upstream acknowledges it, refuses it for
+// good, or ctx is cancelled. Attempts share the Concurrency slots; a batch
+// waiting out its backoff holds none, so a failing key never starves others.
+func (f *Flusher) deliver(ctx context.Context, b *Batch) result {
+	f.m.batchEvents.Observe(float64(b.Rows))
+	f.m.batchBytes.Observe(float64(b.Bytes))
+	for attempt := 1; ; attempt++ {
+		select {
+		case f.sem <- struct{}{}:
+		case <-ctx.Done():
+			return result{b: b, outcome: aborted}
+		}
+		start := time.Now()
+		actx, cancel := context.WithDeadline(ctx, f.attemptDeadline(start))
+		res, err := f.opts.Upstream.Send(actx, b)
+		cancel()
+		<-f.sem
+		f.m.observeAttempt(statusOf(res, err), err == nil, time.Since(start))
+
+		if err == nil {
+			f.log.Debug("batch delivered", "datasource", b.Key.Datasource, "events", b.Rows,
+				"bytes", b.Bytes, "attempt", attempt, "took", time.Since(start))
+			if res.SuccessfulRows+res.QuarantinedRows != b.Rows {
+				f.log.Warn("upstream acknowledged a different row count", "datasource", b.Key.Datasource,
+					"sent", b.Rows, "successful_rows", res.SuccessfulRows, "quarantined_rows", res.QuarantinedRows)
+			}
+			return result{b: b, outcome: delivered, res: res}
+		}
+		wait, retry := isRetryable(err)
+		if !retry {
+			reason := reasonUpstreamRejected
+			var se *StatusError
+			if errors.As(err, &se) && se.Status == 422 {
+				reason = reasonUpstreamPartial
+			}
+			f.log.Error("batch dropped", "datasource", b.Key.Datasource, "events", b.Rows,
+				"reason", reason, "err", err)
+			return result{b: b, outcome: dropped, reason: reason}
+		}
+		if wait <= 0 {
+			wait = f.backoff(attempt)
+		}
+		if attempt&(attempt-1) == 0 { // attempts 1, 2, 4, 8…: no log storm in a long outage
+			f.log.Warn("upstream send failed, will retry", "datasource", b.Key.Datasource,
+				"events", b.Rows, "attempt", attempt, "retry_in", wait, "err", err)
+		}
+		f.m.retries.Inc()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return result{b: b, outcome: aborted}
+		}
+	}
+}
+
+// attemptDeadline is when an attempt started at now must give up: never
+// later than the drain deadline, so a hard stop does not wait on a send.
+func (f *Flusher) attemptDeadline(now time.Time) time.Time {
+	d := now.Add(24 * time.Hour) // the upstream applies its own timeout
+	if n := f.drainDeadline.Load(); n != 0 {
+		d = time.Unix(0, n)
+	}
+	return d
+}
+
+// backoff returns the wait before retry number attempt: exponential from
+// MinBackoff, capped at MaxBackoff, with equal jitter so that many batches
+// failing together do not retry together.
+func (f *Flusher) backoff(attempt int) time.Duration {
+	d := f.opts.MaxBackoff
+	if attempt < 32 {
+		d = min(f.opts.MinBackoff<<(attempt-1), f.opts.MaxBackoff)
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+func statusOf(res Result, err error) int {
+	var re *RetryableError
+	var se *StatusError
+	switch {
+	case err == nil:
+		return res.Status
+	case errors.As(err, &re):
+		return re.Status
+	case errors.As(err, &se):
+		return se.Status
+	}
+	return 0
+}
+
+func (f *Flusher) refreshOldest() {
+	var oldest int64
+	for _, s := range f.streams {
+		if t, ok := s.oldest(); ok && (oldest == 0 || t < oldest) {
+			oldest = t
+		}
+	}
+	f.oldestNanos.Store(oldest)
+}
+
+func (f *Flusher) oldestAge() time.Duration {
+	n := f.oldestNanos.Load()
+	if n == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, n))
+}

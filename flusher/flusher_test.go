@@ -1,0 +1,381 @@
+package flusher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/fakebird"
+)
+
+const upstreamToken = "tb-upstream-token"
+
+// harness runs a real Flusher over a buffer against an upstream.
+type harness struct {
+	buf    *buffer.Buffer
+	f      *Flusher
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startFlusher(t *testing.T, up Upstream, opts Options) *harness {
+	t.Helper()
+	buf := buffer.New(buffer.Options{MaxEvents: 1 << 20, MaxBytes: 1 << 28})
+	reg := prometheus.NewRegistry()
+	opts.Upstream = up
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff, opts.MaxBackoff = 5*time.Millisecond, 50*time.Millisecond
+	}
+	f, err := New(buf, opts, reg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{buf: buf, f: f, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	go func() { h.done <- f.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-h.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("Run did not return")
+		}
+	})
+	return h
+}
+
+// stop closes the buffer, ends Run and returns its error.
+func (h *harness) stop(t *testing.T) error {
+	t.Helper()
+	h.buf.Close()
+	h.cancel()
+	select {
+	case err := <-h.done:
+		h.done <- err // for Cleanup
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+		return nil
+	}
+}
+
+func (h *harness) put(t *testing.T, k buffer.Key, lines ...string) {
+	t.Helper()
+	b := make([][]byte, len(lines))
+	for i, l := range lines {
+		b[i] = []byte(l)
+	}
+	if err := h.buf.Put(k, b); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+}
+
+func newTinybird(t *testing.T, fb *fakebird.Server) *Tinybird {
+	t.Helper()
+	up, err := NewTinybird(TinybirdOptions{BaseURL: fb.URL(), Token: upstreamToken, Wait: true, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return up
+}
+
+func waitRows(t *testing.T, fb *fakebird.Server, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := fb.WaitRows(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func event(i int) string {
+	return fmt.Sprintf(`{"i":%d,"s":"Zürich 東京 🚀","big":12345678901234567890123}`, i)
+}
+
+// TestDeliversEveryEventOnce: N events in, exactly N rows upstream, each once
+// and byte-identical, to the datasource they were sent to, gzip'd, with
+// wait=true and the proxy's token.
+func TestDeliversEveryEventOnce(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 20 * time.Millisecond})
+	want := map[string][]string{}
+	for i := range 300 {
+		ds := []string{"alpha", "beta", "gamma"}[i%3]
+		h.put(t, buffer.Key{Datasource: ds}, event(i), event(i+1000))
+		want[ds] = append(want[ds], event(i), event(i+1000))
+	}
+	waitRows(t, fb, 600)
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	for ds, lines := range want {
+		var got []string
+		for _, r := range fb.RowsFor(ds) {
+			got = append(got, string(r.Line))
+		}
+		if !slices.Equal(got, lines) {
+			t.Errorf("%s: got %d rows; want %d, in order and byte-identical", ds, len(got), len(lines))
+		}
+	}
+	if n := fb.RowCount(); n != 600 {
+		t.Errorf("got %d rows upstream; want 600", n)
+	}
+	for _, r := range fb.Requests() {
+		if r.Encoding != "gzip" || r.Query.Get("wait") != "true" || r.Token != upstreamToken {
+			t.Errorf("request: encoding %q wait %q token ok=%v; want gzip, true, the upstream token",
+				r.Encoding, r.Query.Get("wait"), r.Token == upstreamToken)
+		}
+	}
+	if h.buf.Len() != 0 {
+		t.Errorf("buffer still holds %d events after delivery", h.buf.Len())
+	}
+	if got := testutil.ToFloat64(h.f.m.delivered); got != 600 {
+		t.Errorf("tbproxy_delivered_events_total: got %v; want 600", got)
+	}
+}
+
+func TestBatchCutByRows(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	h := startFlusher(t, newTinybird(t, fb), Options{BatchRows: 10, FlushInterval: time.Hour})
+	lines := make([]string, 35)
+	for i := range lines {
+		lines[i] = event(i)
+	}
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, lines...) // one request larger than a batch
+	waitRows(t, fb, 30)                                          // three full batches; the rest waits for the interval
+	if err := h.stop(t); err != nil {                            // the drain sends the remainder
+		t.Fatal(err)
+	}
+	var sizes []int
+	for _, r := range fb.Requests() {
+		sizes = append(sizes, len(r.Lines))
+	}
+	if !slices.Equal(sizes, []int{10, 10, 10, 5}) {
+		t.Errorf("rows per upstream request: got %v; want [10 10 10 5]", sizes)
+	}
+}
+
+func TestBatchCutByBytes(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	const limit = 1024
+	h := startFlusher(t, newTinybird(t, fb), Options{BatchBytes: limit, FlushInterval: time.Hour})
+	for i := range 50 {
+		h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(i), event(i+100))
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if n := fb.RowCount(); n != 100 {
+		t.Fatalf("got %d rows; want 100", n)
+	}
+	for _, r := range fb.Requests() {
+		if r.BodyBytes > limit {
+			t.Errorf("upstream request of %d bytes; limit %d", r.BodyBytes, limit)
+		}
+	}
+	if len(fb.Requests()) < 100*len(event(10))/limit {
+		t.Errorf("got %d requests; want batches cut near %d bytes", len(fb.Requests()), limit)
+	}
+}
+
+func TestBatchCutByInterval(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 50 * time.Millisecond})
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1))
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(2), event(3))
+	waitRows(t, fb, 3) // far below BatchRows and BatchBytes: only the interval sends them
+	if n := fb.RequestCount(); n != 1 {
+		t.Errorf("got %d upstream requests; want the 3 events in 1", n)
+	}
+}
+
+// TestRetriesThrough429And500: a 429 with Retry-After and a 500 are retried
+// and the rows arrive exactly once.
+func TestRetriesThrough429And500(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.Script(
+		fakebird.Response{Status: 429, Header: map[string]string{"Retry-After": "1"}},
+		fakebird.Response{Status: 500},
+	)
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond})
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2))
+	waitRows(t, fb, 2)
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := fb.StatusCounts(); got[429] != 1 || got[500] != 1 || got[200] != 1 {
+		t.Errorf("upstream statuses: got %v; want one each of 429, 500, 200", got)
+	}
+	if n := fb.RowCount(); n != 2 {
+		t.Errorf("got %d rows; want 2 (no duplicates)", n)
+	}
+	if got := testutil.ToFloat64(h.f.m.retries); got != 2 {
+		t.Errorf("tbproxy_upstream_retries_total: got %v; want 2", got)
+	}
+	for code, want := range map[string]float64{"429": 1, "500": 1, "200": 1} {
+		if got := testutil.ToFloat64(h.f.m.upstreamRequests.WithLabelValues(code)); got != want {
+			t.Errorf("tbproxy_upstream_requests_total{code=%q}: got %v; want %v", code, got, want)
+		}
+	}
+}
+
+// TestRejectedBatchIsDropped: a final 4xx drops that batch with a reason and
+// a metric, and other datasources keep flowing.
+func TestRejectedBatchIsDropped(t *testing.T) {
+	for _, tt := range []struct {
+		status int
+		reason string
+	}{{403, reasonUpstreamRejected}, {400, reasonUpstreamRejected}, {422, reasonUpstreamPartial}} {
+		t.Run(fmt.Sprint(tt.status), func(t *testing.T) {
+			fb := fakebird.NewTB(t, fakebird.Options{})
+			fb.SetFault(fakebird.ForDatasource("bad", fakebird.Always(fakebird.Response{Status: tt.status})))
+			h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond})
+			h.put(t, buffer.Key{Token: "t", Datasource: "bad"}, event(1), event(2), event(3))
+			h.put(t, buffer.Key{Token: "t", Datasource: "good"}, event(4))
+			waitRows(t, fb, 1)
+			if err := h.stop(t); err != nil {
+				t.Fatalf("Run: %v (a dropped batch is not a shutdown loss)", err)
+			}
+			if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(tt.reason)); got != 3 {
+				t.Errorf("dropped{reason=%q}: got %v; want 3", tt.reason, got)
+			}
+			if got := fb.StatusCounts()[tt.status]; got != 1 {
+				t.Errorf("%d answers: got %d; want 1 (never retried)", tt.status, got)
+			}
+			if h.buf.Len() != 0 {
+				t.Errorf("dropped events still held: %d", h.buf.Len())
+			}
+		})
+	}
+}
+
+// TestFailingDatasourceDoesNotStallOthers: with one upstream slot, a
+// datasource that always fails still lets another deliver.
+func TestFailingDatasourceDoesNotStallOthers(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.SetFault(fakebird.ForDatasource("broken", fakebird.Always(fakebird.Response{Status: 503})))
+	h := startFlusher(t, newTinybird(t, fb), Options{
+		FlushInterval: 10 * time.Millisecond, Concurrency: 1, DrainTimeout: 200 * time.Millisecond,
+	})
+	h.put(t, buffer.Key{Token: "t", Datasource: "broken"}, event(0))
+	for i := range 20 {
+		h.put(t, buffer.Key{Token: "t", Datasource: "fine"}, event(i))
+	}
+	waitRows(t, fb, 20)
+	// Only the broken datasource's event is still held, and it is still
+	// being retried: the drain deadline finds exactly it.
+	if err := h.stop(t); !errors.Is(err, ErrUndelivered) {
+		t.Fatalf("Run: got %v; want ErrUndelivered for the broken datasource", err)
+	}
+	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonShutdownTimeout)); got != 1 {
+		t.Errorf("dropped{reason=shutdown_timeout}: got %v; want 1", got)
+	}
+	if fb.RowCountFor("broken") != 0 || fb.StatusCounts()[503] < 2 {
+		t.Errorf("broken datasource: %d rows, %d 503s; want 0 rows and retries", fb.RowCountFor("broken"), fb.StatusCounts()[503])
+	}
+}
+
+// TestPassThroughTokensNeverMix: batches are keyed by (token, datasource).
+func TestPassThroughTokensNeverMix(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond})
+	for i := range 10 {
+		h.put(t, buffer.Key{Token: "workspace-a", Datasource: "ds"}, fmt.Sprintf(`{"ws":"a","i":%d}`, i))
+		h.put(t, buffer.Key{Token: "workspace-b", Datasource: "ds"}, fmt.Sprintf(`{"ws":"b","i":%d}`, i))
+	}
+	waitRows(t, fb, 20)
+	for _, r := range fb.Rows() {
+		if want := `{"ws":"` + strings.TrimPrefix(r.Token, "workspace-") + `"`; !strings.HasPrefix(string(r.Line), want) {
+			t.Errorf("row %s arrived with token %q", r.Line, r.Token)
+		}
+	}
+}
+
+// TestDrainDeliversEverything: ending Run sends every held batch at once.
+func TestDrainDeliversEverything(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour})
+	for i := range 100 {
+		h.put(t, buffer.Key{Token: "t", Datasource: fmt.Sprintf("ds%d", i%7)}, event(i))
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := fb.RowCount(); n != 100 {
+		t.Errorf("got %d rows after drain; want 100", n)
+	}
+}
+
+// TestShutdownTimeoutCountsLoss: what cannot be delivered by the drain
+// deadline is counted, logged and reported by Run.
+func TestShutdownTimeoutCountsLoss(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.SetFault(fakebird.Always(fakebird.Response{Status: 500}))
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Millisecond, DrainTimeout: 200 * time.Millisecond})
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2), event(3))
+	h.put(t, buffer.Key{Token: "t", Datasource: "other"}, event(4))
+	err := h.stop(t)
+	if !errors.Is(err, ErrUndelivered) {
+		t.Fatalf("Run: got %v; want ErrUndelivered", err)
+	}
+	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonShutdownTimeout)); got != 4 {
+		t.Errorf("dropped{reason=shutdown_timeout}: got %v; want 4", got)
+	}
+}
+
+// TestShutdownTimeoutAbandonsSlowSend: a send that would outlast the drain
+// deadline does not hold the shutdown.
+func TestShutdownTimeoutAbandonsSlowSend(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.SetFault(fakebird.Always(fakebird.Response{Delay: 20 * time.Second}))
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Millisecond, DrainTimeout: 300 * time.Millisecond})
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1))
+	start := time.Now()
+	if err := h.stop(t); !errors.Is(err, ErrUndelivered) {
+		t.Fatalf("Run: got %v; want ErrUndelivered", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("shutdown took %s with a 300ms drain timeout", took)
+	}
+}
+
+func TestFileSink(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "events")
+	sink, err := NewFileSink(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startFlusher(t, sink, Options{FlushInterval: time.Hour})
+	h.put(t, buffer.Key{Datasource: "page_views"}, event(1), event(2))
+	h.put(t, buffer.Key{Datasource: "page_views"}, event(3))
+	h.put(t, buffer.Key{Datasource: "clicks"}, event(4))
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		"page_views.ndjson": event(1) + "\n" + event(2) + "\n" + event(3) + "\n",
+		"clicks.ndjson":     event(4) + "\n",
+	} {
+		got, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != want {
+			t.Errorf("%s: got %q; want %q", file, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(h.f.m.upstreamRequests.WithLabelValues("ok")); got != 2 {
+		t.Errorf(`tbproxy_upstream_requests_total{code="ok"}: got %v; want 2`, got)
+	}
+}

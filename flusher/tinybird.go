@@ -1,0 +1,142 @@
+package flusher
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	json "github.com/goccy/go-json"
+	"github.com/klauspost/compress/gzip"
+	"github.com/valyala/fasthttp"
+)
+
+var jsonUnmarshal = json.Unmarshal
+
+// TinybirdOptions configure a Tinybird Events API upstream.
+type TinybirdOptions struct {
+	// BaseURL is the API host, e.g. https://api.tinybird.co, with no trailing slash.
+	BaseURL string
+	// Token is sent for batches whose key carries no token (proxy-token
+	// mode). Batches keyed by a client's token (pass-through) use that one.
+	Token string
+	// Wait sends wait=true, so a 200 means the rows are written. Without it
+	// Tinybird answers 202 before writing, and may still lose the rows.
+	Wait bool
+	// Timeout bounds each request; zero means 30s.
+	Timeout time.Duration
+	// MaxConns bounds open connections to the upstream; zero means 16.
+	MaxConns int
+	// UserAgent is sent with every request.
+	UserAgent string
+}
+
+// Tinybird sends batches to Tinybird's Events API as gzip'd NDJSON. It is
+// safe for concurrent use. Create one with NewTinybird.
+type Tinybird struct {
+	opts   TinybirdOptions
+	client *fasthttp.Client
+	gz     sync.Pool // of *gzip.Writer
+}
+
+// NewTinybird returns an upstream for the Events API at opts.BaseURL.
+func NewTinybird(opts TinybirdOptions) (*Tinybird, error) {
+	u, err := url.Parse(opts.BaseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("tinybird upstream: base URL must be http(s)://host")
+	}
+	opts.BaseURL = strings.TrimRight(opts.BaseURL, "/")
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = 16
+	}
+	return &Tinybird{
+		opts: opts,
+		client: &fasthttp.Client{
+			Name:                opts.UserAgent,
+			MaxConnsPerHost:     opts.MaxConns,
+			MaxConnWaitTimeout:  opts.Timeout,
+			MaxIdleConnDuration: 30 * time.Second,
+			// Error bodies are capped; a success body is a small JSON object.
+			MaxResponseBodySize: 1 << 20,
+		},
+	}, nil
+}
+
+// Send posts b to /v0/events and interprets Tinybird's answer.
+func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+
+	uri := t.opts.BaseURL + "/v0/events?name=" + url.QueryEscape(b.Key.Datasource)
+	if t.opts.Wait {
+		uri += "&wait=true"
+	}
+	req.SetRequestURI(uri)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.SetContentType("application/x-ndjson")
+	req.Header.Set(fasthttp.HeaderContentEncoding, "gzip")
+	token := b.Key.Token
+	if token == "" {
+		token = t.opts.Token
+	}
+	req.Header.Set(fasthttp.HeaderAuthorization, "Bearer "+token)
+	if err := t.compress(req.BodyWriter(), b); err != nil {
+		return Result{}, fmt.Errorf("compress %d events: %w", b.Rows, err)
+	}
+
+	deadline := time.Now().Add(t.opts.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := t.client.DoDeadline(req, resp, deadline); err != nil {
+		return Result{}, &RetryableError{Err: fmt.Errorf("post to %s: %w", t.opts.BaseURL, err)}
+	}
+	status := resp.StatusCode()
+	if err := classify(status, resp.Body(), func(k string) string { return string(resp.Header.Peek(k)) }, time.Now()); err != nil {
+		return Result{}, err
+	}
+	res := parseResult(resp.Body(), b.Rows)
+	res.Status = status
+	return res, nil
+}
+
+// compress writes b into w as gzip. BestSpeed: batches are large and the
+// proxy's CPU is better spent accepting events; JSON still shrinks ~5-10x.
+func (t *Tinybird) compress(w io.Writer, b *Batch) error {
+	zw, _ := t.gz.Get().(*gzip.Writer)
+	if zw == nil {
+		zw, _ = gzip.NewWriterLevel(nil, gzip.BestSpeed)
+	}
+	defer t.gz.Put(zw)
+	zw.Reset(w)
+	if _, err := b.WriteTo(zw); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+// parseResult reads {"successful_rows":N,"quarantined_rows":M}. A 2xx whose
+// body lacks the counts is taken as every row written: the status is the
+// acknowledgement, the body only adds detail.
+func parseResult(body []byte, rows int) Result {
+	var r struct {
+		Successful  *int `json:"successful_rows"`
+		Quarantined *int `json:"quarantined_rows"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil || r.Successful == nil {
+		return Result{SuccessfulRows: rows}
+	}
+	res := Result{SuccessfulRows: *r.Successful}
+	if r.Quarantined != nil {
+		res.QuarantinedRows = *r.Quarantined
+	}
+	return res
+}

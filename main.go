@@ -1,0 +1,145 @@
+// Command tbproxy is a Tinybird-compatible event ingestion proxy: clients
+// post to it as they would to Tinybird's Events API, it answers at once,
+// holds events in a bounded buffer and ships them upstream in large batches.
+//
+// main only wires the packages together; see README.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/config"
+	"github.com/tbproxy/tbproxy/flusher"
+	"github.com/tbproxy/tbproxy/proxy"
+)
+
+func main() { os.Exit(run()) }
+
+// run returns the exit status: 0 after a clean shutdown, 1 if acknowledged
+// events were lost or the server failed, 2 for invalid configuration.
+func run() int {
+	cfg, err := config.Load(env.ToMap(os.Environ()))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tbproxy: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	log := newLogger(cfg)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	buf := buffer.New(buffer.Options{MaxEvents: cfg.BufferSize, MaxBytes: int(cfg.BufferMaxBytes)})
+	up, err := newUpstream(cfg)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 2
+	}
+	fl, err := flusher.New(buf, flusher.Options{
+		Upstream:      up,
+		BatchRows:     cfg.BatchSize,
+		BatchBytes:    int(cfg.BatchMaxBytes),
+		FlushInterval: time.Duration(cfg.FlushInterval),
+		Concurrency:   cfg.UpstreamConcurrency,
+		MinBackoff:    cfg.RetryMinBackoff,
+		MaxBackoff:    cfg.RetryMaxBackoff,
+		DrainTimeout:  cfg.ShutdownTimeout,
+	}, reg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	_, fileSink := cfg.FileSinkDir()
+	srv, err := proxy.New(buf, proxy.Options{
+		MaxBodyBytes:  int(cfg.MaxBodyBytes),
+		PassThrough:   !cfg.ProxyTokenMode() && !fileSink,
+		Tokens:        cfg.AuthorizationTokens,
+		HighWatermark: cfg.BufferHighWatermark,
+		ReadTimeout:   cfg.ReadTimeout,
+		WriteTimeout:  cfg.WriteTimeout,
+		IdleTimeout:   cfg.IdleTimeout,
+		Gatherer:      reg,
+	}, reg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
+	if err != nil {
+		log.Error("cannot listen", "port", cfg.Port, "err", err)
+		return 1
+	}
+	if cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0 {
+		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this proxy can write with its TINYBIRD_TOKEN")
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "config", cfg)
+
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stopSignals()
+	// The flusher has its own context: it must keep shipping while the
+	// server drains, and only then drain the buffer itself.
+	flushCtx, stopFlusher := context.WithCancel(context.Background())
+	defer stopFlusher()
+	flushed := make(chan error, 1)
+	go func() { flushed <- fl.Run(flushCtx) }()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	status := 0
+	select {
+	case <-sigCtx.Done():
+		log.Info("shutting down", "delay", cfg.ShutdownDelay, "timeout", cfg.ShutdownTimeout)
+	case err := <-served:
+		log.Error("server failed", "err", err)
+		status = 1
+	}
+	// Reverse start order: stop taking traffic, close the buffer, drain it.
+	srv.Drain()
+	time.Sleep(cfg.ShutdownDelay)
+	buf.Close()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("connections still open at shutdown", "err", err)
+	}
+	stopFlusher()
+	if err := <-flushed; err != nil {
+		log.Error("shutdown lost events", "err", err)
+		status = 1
+	}
+	log.Info("stopped", "exit_status", status)
+	return status
+}
+
+func newUpstream(cfg config.Config) (flusher.Upstream, error) {
+	if dir, ok := cfg.FileSinkDir(); ok {
+		return flusher.NewFileSink(dir)
+	}
+	return flusher.NewTinybird(flusher.TinybirdOptions{
+		BaseURL:   cfg.TinybirdBaseURL,
+		Token:     cfg.TinybirdToken,
+		Wait:      cfg.UpstreamWait,
+		Timeout:   cfg.UpstreamTimeout,
+		MaxConns:  cfg.UpstreamConcurrency * 2,
+		UserAgent: "tbproxy",
+	})
+}
+
+func newLogger(cfg config.Config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}

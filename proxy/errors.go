@@ -1,0 +1,65 @@
+package proxy
+
+import (
+	"strconv"
+
+	json "github.com/goccy/go-json"
+	"github.com/valyala/fasthttp"
+)
+
+// Refusal reasons, the values of tbproxy_requests_refused_total{reason}.
+const (
+	reasonBadRequest   = "bad_request"   // no or invalid name, unsupported encoding
+	reasonUnauthorized = "unauthorized"  // no or unknown token
+	reasonInvalidBody  = "invalid_json"  // a line that is not a JSON object
+	reasonTooLarge     = "too_large"     // body or request larger than allowed
+	reasonBufferFull   = "buffer_full"   // 429: the buffer has no room now
+	reasonShuttingDown = "shutting_down" // 503: the buffer is closed
+)
+
+var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown}
+
+// errorBody renders Tinybird's error shape, {"error":"<message>"}. Every
+// error the proxy sends is JSON: clients such as zod-bird call res.json() on
+// error responses and would throw a SyntaxError on plain text.
+func errorBody(msg string) []byte {
+	b, err := json.MarshalWithOption(struct {
+		Error string `json:"error"`
+	}{msg}, json.DisableHTMLEscape())
+	if err != nil { // a string always marshals; keep the contract regardless
+		return []byte(`{"error":"internal error"}`)
+	}
+	return b
+}
+
+// writeError answers with status and a JSON error body.
+func writeError(ctx *fasthttp.RequestCtx, status int, body []byte) {
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(status)
+	ctx.SetBody(body)
+}
+
+// Fixed error bodies, rendered once.
+var (
+	bodyMissingName   = errorBody("missing the 'name' parameter: POST /v0/events?name=<datasource>")
+	bodyBadName       = errorBody("invalid 'name' parameter: a datasource name has letters, digits and underscores, does not start with a digit, and is at most 255 characters")
+	bodyNoToken       = errorBody("missing token: send 'Authorization: Bearer <token>' or ?token=<token>")
+	bodyBadToken      = errorBody("invalid token")
+	bodyBufferFull    = errorBody("the proxy's buffer is full; retry after the time in Retry-After")
+	bodyShuttingDown  = errorBody("the proxy is shutting down; retry against another instance")
+	bodyNotFound      = errorBody("not found")
+	bodyNotAllowed    = errorBody("method not allowed")
+	bodyUnsupportedCE = errorBody("unsupported Content-Encoding: use gzip, zstd or none")
+	bodyBadCompressed = errorBody("the request body could not be decompressed")
+)
+
+func bodyTooLarge(limit int) []byte {
+	return errorBody("request body larger than " + strconv.Itoa(limit) + " bytes (after decompression); split it into smaller requests")
+}
+
+// successBody renders {"successful_rows":N,"quarantined_rows":0} into dst.
+func successBody(dst []byte, rows int) []byte {
+	dst = append(dst, `{"successful_rows":`...)
+	dst = strconv.AppendInt(dst, int64(rows), 10)
+	return append(dst, `,"quarantined_rows":0}`...)
+}

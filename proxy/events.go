@@ -1,0 +1,156 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"errors"
+	"strconv"
+
+	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/valyala/fasthttp"
+)
+
+// retryAfterSeconds is the Retry-After sent with a 429 for a full buffer.
+// Integer seconds: the OTel exporter parses it with Atoi, the old Python SDK
+// with int() (tinybird-events-api.md §7).
+const retryAfterSeconds = "1"
+
+// events handles POST /v0/events?name=<datasource>. The request is accepted
+// whole (202) or refused whole: nothing is stored unless every line is valid
+// and the buffer has room for all of them.
+func (s *Server) events(ctx *fasthttp.RequestCtx) {
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, "POST")
+		writeError(ctx, fasthttp.StatusMethodNotAllowed, bodyNotAllowed)
+		return
+	}
+	args := ctx.QueryArgs()
+	name := args.Peek("name")
+	if len(name) == 0 {
+		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyMissingName, 0)
+		return
+	}
+	if !validName(name) {
+		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyBadName, 0)
+		return
+	}
+	token := requestToken(ctx)
+	if !s.authorized(token) {
+		body := bodyBadToken
+		if len(token) == 0 {
+			body = bodyNoToken
+		}
+		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, body, 0)
+		return
+	}
+
+	body, release, err := s.decoders.decode(ctx.Request.Header.ContentEncoding(), ctx.Request.Body(), s.opts.MaxBodyBytes)
+	switch {
+	case errors.Is(err, errTooLarge):
+		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(s.opts.MaxBodyBytes), 0)
+		return
+	case errors.Is(err, errUnsupportedCE):
+		s.refuse(ctx, fasthttp.StatusUnsupportedMediaType, reasonBadRequest, bodyUnsupportedCE, 0)
+		return
+	case err != nil:
+		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyBadCompressed, 0)
+		return
+	}
+	defer release()
+
+	lp, _ := s.lines.Get().(*[][]byte)
+	if lp == nil {
+		lp = new([][]byte)
+	}
+	defer func() {
+		clear(*lp) // do not pin this request's body through the pool
+		*lp = (*lp)[:0]
+		s.lines.Put(lp)
+	}()
+	lines, lerr := splitLines((*lp)[:0], body)
+	*lp = lines
+	if lerr != nil {
+		s.refuse(ctx, fasthttp.StatusBadRequest, reasonInvalidBody, errorBody(lerr.Error()), 0)
+		return
+	}
+
+	key := buffer.Key{Datasource: s.names.intern(name)}
+	if s.opts.PassThrough {
+		key.Token = string(token)
+	}
+	switch err := s.buf.Put(key, lines); {
+	case err == nil:
+	case errors.Is(err, buffer.ErrFull):
+		h := &ctx.Response.Header
+		h.Set(fasthttp.HeaderRetryAfter, retryAfterSeconds)
+		h.Set("X-RateLimit-Limit", strconv.Itoa(s.buf.Stats().MaxEvents))
+		h.Set("X-RateLimit-Remaining", "0")
+		h.Set("X-RateLimit-Reset", retryAfterSeconds)
+		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonBufferFull, bodyBufferFull, len(lines))
+		return
+	case errors.Is(err, buffer.ErrTooLarge):
+		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge,
+			errorBody("request holds more events or bytes than the proxy's whole buffer; split it into smaller requests"), len(lines))
+		return
+	default: // buffer.ErrClosed
+		s.refuse(ctx, fasthttp.StatusServiceUnavailable, reasonShuttingDown, bodyShuttingDown, len(lines))
+		return
+	}
+
+	s.m.accepted.Add(float64(len(lines)))
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(fasthttp.StatusAccepted)
+	var b [64]byte
+	ctx.SetBody(successBody(b[:0], len(lines)))
+}
+
+func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, reason string, body []byte, events int) {
+	s.m.refused(reason, events)
+	writeError(ctx, status, body)
+}
+
+// requestToken returns the token from "Authorization: Bearer <t>", else
+// from ?token=<t> (Tinybird accepts both; the tb CLI and flock.js use the
+// query parameter). The result aliases the request.
+func requestToken(ctx *fasthttp.RequestCtx) []byte {
+	if h := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization); len(h) > 0 {
+		const bearer = "bearer "
+		if len(h) > len(bearer) && bytes.EqualFold(h[:len(bearer)], []byte(bearer)) {
+			return bytes.TrimSpace(h[len(bearer):])
+		}
+		return nil // a non-Bearer scheme carries no token we can use
+	}
+	return ctx.QueryArgs().Peek("token")
+}
+
+// authorized reports whether token may use the proxy. In pass-through mode
+// any non-empty token may (upstream judges it); otherwise it must equal one
+// of the configured tokens, compared in constant time and against every one
+// of them, so timing reveals neither a prefix nor which token matched.
+func (s *Server) authorized(token []byte) bool {
+	if s.opts.PassThrough {
+		return len(token) > 0
+	}
+	if len(s.tokens) == 0 {
+		return true
+	}
+	ok := 0
+	for _, t := range s.tokens {
+		ok |= subtle.ConstantTimeCompare(token, t)
+	}
+	return ok == 1
+}
+
+// validName reports whether b is a datasource name Tinybird accepts:
+// letters, digits and underscores, not starting with a digit, 1-255 bytes.
+func validName(b []byte) bool {
+	if len(b) == 0 || len(b) > 255 || (b[0] >= '0' && b[0] <= '9') {
+		return false
+	}
+	for _, c := range b {
+		if !(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,32 @@
+package proxy
+
+import (
+	"strconv"
+
+	"github.com/valyala/fasthttp"
+)
+
+// health answers 200 while the process runs. It touches nothing shared, so
+// it stays cheap under any load.
+func (s *Server) health(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetBodyString(`{"status":"ok"}`)
+}
+
+// ready answers 200 when the proxy should get traffic, and 503 while it is
+// draining for shutdown or while the buffer is above its high-water mark,
+// so a load balancer sends writes to a replica with room.
+func (s *Server) ready(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.SetContentType("application/json")
+	fill := s.buf.Fill()
+	switch {
+	case s.draining.Load():
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString(`{"status":"draining"}`)
+	case fill >= s.opts.HighWatermark:
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString(`{"status":"buffer above high-water mark","buffer_fill":` + strconv.FormatFloat(fill, 'f', 3, 64) + `}`)
+	default:
+		ctx.SetBodyString(`{"status":"ready","buffer_fill":` + strconv.FormatFloat(fill, 'f', 3, 64) + `}`)
+	}
+}

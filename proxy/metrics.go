@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const (
+	handlerEvents = "events"
+	handlerOther  = "other" // health, readiness, metrics, unknown paths
+)
+
+type metrics struct {
+	requests       *prometheus.CounterVec
+	accepted       prometheus.Counter
+	refusedReqs    *prometheus.CounterVec
+	refusedEvents  *prometheus.CounterVec
+	eventsByStatus map[int]prometheus.Counter // pre-resolved hot-path children
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tbproxy_http_requests_total",
+			Help: "HTTP requests answered, by handler (events or other) and status code.",
+		}, []string{"handler", "code"}),
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_events_accepted_total",
+			Help: "Events acknowledged to clients (202) and stored in the buffer.",
+		}),
+		refusedReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tbproxy_requests_refused_total",
+			Help: "Events API requests refused, by reason; nothing from them was stored.",
+		}, []string{"reason"}),
+		refusedEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tbproxy_events_refused_total",
+			Help: "Valid events refused with their request, by reason (buffer_full, too_large, shutting_down).",
+		}, []string{"reason"}),
+		eventsByStatus: make(map[int]prometheus.Counter),
+	}
+	for _, r := range refusalReasons {
+		m.refusedReqs.WithLabelValues(r)
+	}
+	for _, r := range []string{reasonBufferFull, reasonTooLarge, reasonShuttingDown} {
+		m.refusedEvents.WithLabelValues(r)
+	}
+	for _, code := range []int{202, 400, 403, 405, 413, 415, 429, 503} {
+		m.eventsByStatus[code] = m.requests.WithLabelValues(handlerEvents, strconv.Itoa(code))
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.accepted, m.refusedReqs, m.refusedEvents} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) request(handler string, code int) {
+	if handler == handlerEvents {
+		if c, ok := m.eventsByStatus[code]; ok {
+			c.Inc()
+			return
+		}
+	}
+	m.requests.WithLabelValues(handler, strconv.Itoa(code)).Inc()
+}
+
+func (m *metrics) refused(reason string, events int) {
+	m.refusedReqs.WithLabelValues(reason).Inc()
+	if events > 0 {
+		m.refusedEvents.WithLabelValues(reason).Add(float64(events))
+	}
+}

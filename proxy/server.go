@@ -1,0 +1,212 @@
+// Package proxy is the HTTP front end: it speaks Tinybird's Events API
+// (POST /v0/events?name=<datasource>), validates and stores each request in
+// the buffer whole or not at all, and serves health, readiness and metrics.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+)
+
+// Options configure a Server. Zero durations are replaced by defaults.
+type Options struct {
+	// MaxBodyBytes bounds a request body, after decompression (default 10 MiB).
+	MaxBodyBytes int
+	// PassThrough sends each client's own token upstream: a request without
+	// a token is refused, and events are keyed by (token, datasource).
+	// Otherwise the flusher uses its own token and Tokens guards the proxy.
+	PassThrough bool
+	// Tokens are the client tokens accepted when PassThrough is false. Empty
+	// means any client is accepted (ALLOW_UNAUTHENTICATED, or the file sink).
+	Tokens []string
+	// HighWatermark is the buffer fill (0..1] above which /ready answers 503
+	// (default 0.9).
+	HighWatermark float64
+	// ReadTimeout, WriteTimeout and IdleTimeout bound each connection
+	// (defaults 30s, 30s, 60s). Non-zero, or keep-alive connections could
+	// hold shutdown open.
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// Gatherer is served on GET /metrics; nil serves an empty registry.
+	Gatherer prometheus.Gatherer
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 10 << 20
+	}
+	if o.HighWatermark <= 0 || o.HighWatermark > 1 {
+		o.HighWatermark = 0.9
+	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 30 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 30 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 60 * time.Second
+	}
+	if o.Gatherer == nil {
+		o.Gatherer = prometheus.NewRegistry()
+	}
+}
+
+// Server is the proxy's HTTP front end. Create one with New, run it with
+// Serve, stop it with Drain and Shutdown. Safe for concurrent use.
+type Server struct {
+	buf  *buffer.Buffer
+	opts Options
+	log  *slog.Logger
+	m    *metrics
+	srv  *fasthttp.Server
+
+	tokens   [][]byte
+	decoders decoders
+	lines    sync.Pool // of *[][]byte, reused per request
+	metricsH fasthttp.RequestHandler
+	names    names
+
+	draining atomic.Bool
+}
+
+// New returns a Server that stores accepted events in buf. Metrics are
+// registered on reg; an error means one was already registered.
+func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
+	opts.setDefaults()
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		buf:      buf,
+		opts:     opts,
+		log:      log,
+		m:        m,
+		metricsH: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})),
+		names:    names{m: make(map[string]string)},
+	}
+	for _, t := range opts.Tokens {
+		s.tokens = append(s.tokens, []byte(t))
+	}
+	s.srv = &fasthttp.Server{
+		Handler:              s.route,
+		ErrorHandler:         s.readError,
+		Name:                 "tbproxy",
+		ReadTimeout:          opts.ReadTimeout,
+		WriteTimeout:         opts.WriteTimeout,
+		IdleTimeout:          opts.IdleTimeout,
+		MaxRequestBodySize:   opts.MaxBodyBytes,
+		NoDefaultContentType: true,
+		CloseOnShutdown:      true,
+		Logger:               fasthttpLogger{log},
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown. It blocks.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(ln)
+}
+
+// Drain turns /ready to 503 so load balancers stop sending traffic. Writes
+// are still accepted until the buffer is closed.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Shutdown stops accepting connections, and waits for requests in progress
+// and for idle connections to close, or for ctx to end.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.Drain()
+	return s.srv.ShutdownWithContext(ctx)
+}
+
+func (s *Server) route(ctx *fasthttp.RequestCtx) {
+	switch string(ctx.Path()) {
+	case "/v0/events":
+		s.events(ctx)
+		s.m.request(handlerEvents, ctx.Response.StatusCode())
+		return
+	case "/health", "/v1/liveness":
+		s.onlyGet(ctx, s.health)
+	case "/ready":
+		s.onlyGet(ctx, s.ready)
+	case "/metrics":
+		s.onlyGet(ctx, s.metricsH)
+	default:
+		writeError(ctx, fasthttp.StatusNotFound, bodyNotFound)
+	}
+	s.m.request(handlerOther, ctx.Response.StatusCode())
+}
+
+func (s *Server) onlyGet(ctx *fasthttp.RequestCtx, h fasthttp.RequestHandler) {
+	if !ctx.IsGet() && !ctx.IsHead() {
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, "GET, HEAD")
+		writeError(ctx, fasthttp.StatusMethodNotAllowed, bodyNotAllowed)
+		return
+	}
+	h(ctx)
+}
+
+// readError answers requests fasthttp could not read, in JSON like every
+// other error: a body over MaxBodyBytes, oversized headers, a timeout.
+func (s *Server) readError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr *net.OpError
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		s.m.refused(reasonTooLarge, 0)
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge(s.opts.MaxBodyBytes))
+	case errors.As(err, &small):
+		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, errorBody("request headers too large"))
+	case errors.As(err, &netErr) && netErr.Timeout():
+		writeError(ctx, fasthttp.StatusRequestTimeout, errorBody("request timeout"))
+	default:
+		writeError(ctx, fasthttp.StatusBadRequest, errorBody("malformed HTTP request"))
+	}
+}
+
+// names interns datasource names, so a request for a known datasource
+// allocates no string for it. Safe for concurrent use.
+type names struct {
+	mu sync.RWMutex // protects m
+	m  map[string]string
+}
+
+// maxInterned bounds the table; names beyond it are allocated per request.
+const maxInterned = 10_000
+
+func (n *names) intern(b []byte) string {
+	n.mu.RLock()
+	s, ok := n.m[string(b)] // no allocation: the compiler special-cases this lookup
+	n.mu.RUnlock()
+	if ok {
+		return s
+	}
+	s = string(b)
+	n.mu.Lock()
+	if len(n.m) < maxInterned {
+		n.m[s] = s
+	}
+	n.mu.Unlock()
+	return s
+}
+
+// fasthttpLogger routes fasthttp's own messages to slog at debug level.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
+	}
+}
