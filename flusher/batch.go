@@ -94,6 +94,7 @@ type stream struct {
 	openedAt time.Time
 	ready    []*Batch
 	inflight *Batch
+	runnable bool // listed in Flusher.runnable
 }
 
 // add appends an entry's rows to the stream, sealing batches as they fill.

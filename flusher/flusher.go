@@ -86,7 +86,8 @@ type Flusher struct {
 	oldestNanos atomic.Int64
 
 	// Owned by the Run goroutine.
-	streams map[buffer.Key]*stream
+	streams  map[buffer.Key]*stream
+	runnable []*stream // streams that may have a batch to start; see wake
 }
 
 type outcome int
@@ -166,6 +167,7 @@ func (f *Flusher) Run(ctx context.Context) error {
 				s := f.stream(e.Key)
 				wasOpen := s.open != nil
 				s.add(e, f.policy, now)
+				f.wake(s)
 				if !wasOpen && s.open != nil && (nextFlush.IsZero() || s.openedAt.Add(f.policy.interval).Before(nextFlush)) {
 					nextFlush = s.openedAt.Add(f.policy.interval)
 				}
@@ -188,6 +190,7 @@ func (f *Flusher) Run(ctx context.Context) error {
 		if draining {
 			for _, s := range f.streams {
 				s.seal()
+				f.wake(s)
 			}
 			nextFlush = time.Time{}
 		}
@@ -221,6 +224,7 @@ func (f *Flusher) sealDue(now time.Time) time.Time {
 		}
 		if f.policy.due(s.openedAt, now) {
 			s.seal()
+			f.wake(s)
 			continue
 		}
 		if due := s.openedAt.Add(f.policy.interval); next.IsZero() || due.Before(next) {
@@ -230,8 +234,19 @@ func (f *Flusher) sealDue(now time.Time) time.Time {
 	return next
 }
 
+// wake notes that s may have a batch ready to start. It keeps startSends
+// proportional to the streams that changed, not to every stream there is.
+func (f *Flusher) wake(s *stream) {
+	if !s.runnable && s.inflight == nil && len(s.ready) > 0 {
+		s.runnable = true
+		f.runnable = append(f.runnable, s)
+	}
+}
+
 func (f *Flusher) startSends(ctx context.Context) {
-	for _, s := range f.streams {
+	for i, s := range f.runnable {
+		f.runnable[i] = nil
+		s.runnable = false
 		if b := s.next(); b != nil {
 			f.m.inflight.Inc()
 			f.senders.Go(func() {
@@ -241,6 +256,7 @@ func (f *Flusher) startSends(ctx context.Context) {
 			})
 		}
 	}
+	f.runnable = f.runnable[:0]
 }
 
 // finish applies a delivery's outcome. It runs on the loop goroutine.
@@ -258,6 +274,7 @@ func (f *Flusher) finish(r result) {
 	case aborted:
 		return // still held; abandon counts it
 	}
+	f.wake(r.s)
 	if r.s.idle() {
 		delete(f.streams, r.s.key)
 	}

@@ -132,6 +132,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) route(ctx *fasthttp.RequestCtx) {
+	// fasthttp does not recover panics; one would take the buffered events
+	// down with the process. Answer 500 instead and keep serving.
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic in handler", "path", string(ctx.Path()), "panic", fmt.Sprint(p))
+			ctx.Response.Reset()
+			writeError(ctx, fasthttp.StatusInternalServerError, errorBody("internal error"))
+		}
+	}()
 	switch string(ctx.Path()) {
 	case "/v0/events":
 		s.events(ctx)
