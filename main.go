@@ -99,21 +99,23 @@ func run() int {
 	status := 0
 	select {
 	case <-sigCtx.Done():
-		log.Info("shutting down", "delay", cfg.ShutdownDelay, "timeout", cfg.ShutdownTimeout)
+		stopSignals() // a second signal now kills the process at once
+		log.Info("shutting down", "delay", cfg.ShutdownDelay.String(), "timeout", cfg.ShutdownTimeout.String())
 	case err := <-served:
 		log.Error("server failed", "err", err)
 		status = 1
 	}
-	// Reverse start order: stop taking traffic, close the buffer, drain it.
+	// Reverse start order: stop taking traffic, close the buffer, then drain
+	// it while idle connections close; both within one SHUTDOWN_TIMEOUT.
 	srv.Drain()
 	time.Sleep(cfg.ShutdownDelay)
 	buf.Close()
+	stopFlusher() // nothing can be added any more: start delivering what is held
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		log.Warn("connections still open at shutdown", "err", err)
 	}
-	stopFlusher()
 	if err := <-flushed; err != nil {
 		log.Error("shutdown lost events", "err", err)
 		status = 1

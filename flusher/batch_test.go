@@ -120,3 +120,13 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+func TestBackoffBounded(t *testing.T) {
+	f := &Flusher{opts: Options{MinBackoff: 10 * time.Second, MaxBackoff: time.Minute}}
+	for attempt := 1; attempt <= 200; attempt++ {
+		d := f.backoff(attempt)
+		if d < 5*time.Second || d > time.Minute {
+			t.Fatalf("backoff(%d) = %s; want within [5s, 1m]", attempt, d)
+		}
+	}
+}

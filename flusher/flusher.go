@@ -75,6 +75,7 @@ type Flusher struct {
 	m      *metrics
 
 	sem     chan struct{} // one token per upstream request in flight
+	freed   chan struct{} // capacity 1: kicked when a sem token is returned
 	results chan result
 	senders sync.WaitGroup
 
@@ -119,6 +120,7 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 		policy:  policy{rows: opts.BatchRows, bytes: opts.BatchBytes, interval: opts.FlushInterval},
 		log:     log,
 		sem:     make(chan struct{}, opts.Concurrency),
+		freed:   make(chan struct{}, 1),
 		results: make(chan result),
 		streams: make(map[buffer.Key]*stream),
 	}
@@ -176,23 +178,19 @@ func (f *Flusher) Run(ctx context.Context) error {
 			nextFlush = f.sealDue(time.Now())
 		case r := <-f.results:
 			f.finish(r)
+		case <-f.freed:
 		case <-done:
 			done = nil
 			draining = true
 			deadline := time.Now().Add(f.opts.DrainTimeout)
 			f.drainDeadline.Store(deadline.UnixNano())
 			drainEnd = time.After(f.opts.DrainTimeout)
-			f.log.Info("draining", "held_events", f.buf.Len(), "timeout", f.opts.DrainTimeout)
+			f.log.Info("draining", "held_events", f.buf.Len(), "timeout", f.opts.DrainTimeout.String())
+			f.policy.interval = 0 // from now on every batch is due at once
+			nextFlush = f.sealDue(time.Now())
 		case <-drainEnd:
 			hardStop()
 			return f.abandon()
-		}
-		if draining {
-			for _, s := range f.streams {
-				s.seal()
-				f.wake(s)
-			}
-			nextFlush = time.Time{}
 		}
 		f.startSends(sendCtx)
 		if !nextFlush.IsZero() {
@@ -243,20 +241,46 @@ func (f *Flusher) wake(s *stream) {
 	}
 }
 
+// startSends starts a sender for each runnable stream while upstream slots
+// are free. The slot is taken here, before the goroutine exists, so the
+// number of senders is bounded by the slots plus the batches waiting out a
+// backoff, never by how many keys clients invent.
 func (f *Flusher) startSends(ctx context.Context) {
-	for i, s := range f.runnable {
-		f.runnable[i] = nil
-		s.runnable = false
-		if b := s.next(); b != nil {
-			f.m.inflight.Inc()
-			f.senders.Go(func() {
-				r := f.deliver(ctx, b)
-				r.s = s
-				f.results <- r
-			})
+	started := 0
+	for _, s := range f.runnable {
+		select {
+		case f.sem <- struct{}{}:
+		default:
+			// No slot: the rest stay runnable until one is returned (freed).
+			n := copy(f.runnable, f.runnable[started:])
+			clear(f.runnable[n:])
+			f.runnable = f.runnable[:n]
+			return
 		}
+		started++
+		s.runnable = false
+		b := s.next()
+		if b == nil {
+			f.releaseSlot()
+			continue
+		}
+		f.m.inflight.Inc()
+		f.senders.Go(func() {
+			r := f.deliver(ctx, b)
+			r.s = s
+			f.results <- r
+		})
 	}
+	clear(f.runnable)
 	f.runnable = f.runnable[:0]
+}
+
+func (f *Flusher) releaseSlot() {
+	<-f.sem
+	select {
+	case f.freed <- struct{}{}:
+	default:
+	}
 }
 
 // finish applies a delivery's outcome. It runs on the loop goroutine.
@@ -267,6 +291,9 @@ func (f *Flusher) finish(r result) {
 	case delivered:
 		f.m.delivered.Add(float64(r.res.SuccessfulRows))
 		f.m.quarantined.Add(float64(r.res.QuarantinedRows))
+		if short := r.b.Rows - r.res.SuccessfulRows - r.res.QuarantinedRows; short > 0 {
+			f.m.dropped.WithLabelValues(reasonUpstreamShortAck).Add(float64(short))
+		}
 		f.buf.Release(r.b.Rows, r.b.Bytes)
 	case dropped:
 		f.m.dropped.WithLabelValues(r.reason).Add(float64(r.b.Rows))
@@ -298,7 +325,7 @@ func (f *Flusher) abandon() error {
 	}
 	f.m.dropped.WithLabelValues(reasonShutdownTimeout).Add(float64(lost))
 	f.log.Error("shutdown timeout: acknowledged events were not delivered",
-		"events", lost, "reason", reasonShutdownTimeout, "timeout", f.opts.DrainTimeout)
+		"events", lost, "reason", reasonShutdownTimeout, "timeout", f.opts.DrainTimeout.String())
 	return fmt.Errorf("%w: %d events still held after %s", ErrUndelivered, lost, f.opts.DrainTimeout)
 }
 
@@ -309,24 +336,27 @@ func (f *Flusher) deliver(ctx context.Context, b *Batch) result {
 	f.m.batchEvents.Observe(float64(b.Rows))
 	f.m.batchBytes.Observe(float64(b.Bytes))
 	for attempt := 1; ; attempt++ {
-		select {
-		case f.sem <- struct{}{}:
-		case <-ctx.Done():
-			return result{b: b, outcome: aborted}
+		if attempt > 1 { // the first attempt's slot was taken by startSends
+			select {
+			case f.sem <- struct{}{}:
+			case <-ctx.Done():
+				return result{b: b, outcome: aborted}
+			}
 		}
 		start := time.Now()
 		actx, cancel := context.WithDeadline(ctx, f.attemptDeadline(start))
 		res, err := f.opts.Upstream.Send(actx, b)
 		cancel()
-		<-f.sem
+		f.releaseSlot()
 		f.m.observeAttempt(statusOf(res, err), err == nil, time.Since(start))
 
 		if err == nil {
 			f.log.Debug("batch delivered", "datasource", b.Key.Datasource, "events", b.Rows,
-				"bytes", b.Bytes, "attempt", attempt, "took", time.Since(start))
-			if res.SuccessfulRows+res.QuarantinedRows != b.Rows {
-				f.log.Warn("upstream acknowledged a different row count", "datasource", b.Key.Datasource,
-					"sent", b.Rows, "successful_rows", res.SuccessfulRows, "quarantined_rows", res.QuarantinedRows)
+				"bytes", b.Bytes, "attempt", attempt, "took", time.Since(start).String())
+			if res.SuccessfulRows+res.QuarantinedRows < b.Rows {
+				f.log.Error("upstream acknowledged fewer rows than were sent", "datasource", b.Key.Datasource,
+					"sent", b.Rows, "successful_rows", res.SuccessfulRows, "quarantined_rows", res.QuarantinedRows,
+					"reason", reasonUpstreamShortAck)
 			}
 			return result{b: b, outcome: delivered, res: res}
 		}
@@ -346,7 +376,7 @@ func (f *Flusher) deliver(ctx context.Context, b *Batch) result {
 		}
 		if attempt&(attempt-1) == 0 { // attempts 1, 2, 4, 8…: no log storm in a long outage
 			f.log.Warn("upstream send failed, will retry", "datasource", b.Key.Datasource,
-				"events", b.Rows, "attempt", attempt, "retry_in", wait, "err", err)
+				"events", b.Rows, "attempt", attempt, "retry_in", wait.String(), "err", err)
 		}
 		f.m.retries.Inc()
 		t := time.NewTimer(wait)
@@ -373,10 +403,11 @@ func (f *Flusher) attemptDeadline(now time.Time) time.Time {
 // MinBackoff, capped at MaxBackoff, with equal jitter so that many batches
 // failing together do not retry together.
 func (f *Flusher) backoff(attempt int) time.Duration {
-	d := f.opts.MaxBackoff
-	if attempt < 32 {
-		d = min(f.opts.MinBackoff<<(attempt-1), f.opts.MaxBackoff)
+	d := f.opts.MinBackoff
+	for i := 1; i < attempt && d < f.opts.MaxBackoff; i++ {
+		d *= 2 // stops at MaxBackoff, long before it could overflow
 	}
+	d = min(d, f.opts.MaxBackoff)
 	return d/2 + rand.N(d/2+1)
 }
 
@@ -406,7 +437,7 @@ func (f *Flusher) refreshOldest() {
 
 func (f *Flusher) oldestAge() time.Duration {
 	n := f.oldestNanos.Load()
-	if n == 0 {
+	if n == 0 || f.buf.Len() == 0 {
 		return 0
 	}
 	return time.Since(time.Unix(0, n))

@@ -260,6 +260,24 @@ func TestRejectedBatchIsDropped(t *testing.T) {
 	}
 }
 
+// TestShortAckIsCounted: a 2xx that counts fewer rows than were sent is
+// accounted as a drop, not silently as delivered.
+func TestShortAckIsCounted(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.Script(fakebird.Response{Status: 200, Body: `{"successful_rows":1,"quarantined_rows":0}`})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour})
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2), event(3))
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonUpstreamShortAck)); got != 2 {
+		t.Errorf("dropped{reason=upstream_short_ack}: got %v; want 2", got)
+	}
+	if got := testutil.ToFloat64(h.f.m.delivered); got != 1 {
+		t.Errorf("delivered: got %v; want 1", got)
+	}
+}
+
 // TestFailingDatasourceDoesNotStallOthers: with one upstream slot, a
 // datasource that always fails still lets another deliver.
 func TestFailingDatasourceDoesNotStallOthers(t *testing.T) {
@@ -334,18 +352,21 @@ func TestShutdownTimeoutCountsLoss(t *testing.T) {
 	}
 }
 
-// TestShutdownTimeoutAbandonsSlowSend: a send that would outlast the drain
-// deadline does not hold the shutdown.
-func TestShutdownTimeoutAbandonsSlowSend(t *testing.T) {
+// TestShutdownTimeoutAbandonsSendDuringDrain: an upload started during the
+// drain is given no more than the drain's deadline, however slow upstream is.
+func TestShutdownTimeoutAbandonsSendDuringDrain(t *testing.T) {
 	fb := fakebird.NewTB(t, fakebird.Options{})
 	fb.SetFault(fakebird.Always(fakebird.Response{Delay: 20 * time.Second}))
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Millisecond, DrainTimeout: 300 * time.Millisecond})
+	// FlushInterval 1h: the batch is first sent by the drain.
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DrainTimeout: 300 * time.Millisecond})
 	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1))
 	start := time.Now()
 	if err := h.stop(t); !errors.Is(err, ErrUndelivered) {
 		t.Fatalf("Run: got %v; want ErrUndelivered", err)
 	}
-	if took := time.Since(start); took > 10*time.Second {
+	// The upstream timeout is 5s; returning well before it shows the send
+	// was held to the drain deadline.
+	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("shutdown took %s with a 300ms drain timeout", took)
 	}
 }

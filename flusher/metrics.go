@@ -16,11 +16,14 @@ const (
 	// reasonUpstreamPartial: upstream answered 422, a partial write that is
 	// never retried because a retry would duplicate the rows it did write.
 	reasonUpstreamPartial = "upstream_partial_write"
+	// reasonUpstreamShortAck: upstream answered 2xx but counted fewer
+	// successful plus quarantined rows than the batch held.
+	reasonUpstreamShortAck = "upstream_short_ack"
 	// reasonShutdownTimeout: still undelivered when the drain deadline passed.
 	reasonShutdownTimeout = "shutdown_timeout"
 )
 
-var dropReasons = []string{reasonUpstreamRejected, reasonUpstreamPartial, reasonShutdownTimeout}
+var dropReasons = []string{reasonUpstreamRejected, reasonUpstreamPartial, reasonUpstreamShortAck, reasonShutdownTimeout}
 
 type metrics struct {
 	upstreamRequests *prometheus.CounterVec

@@ -51,6 +51,7 @@ var (
 	bodyNotAllowed    = errorBody("method not allowed")
 	bodyUnsupportedCE = errorBody("unsupported Content-Encoding: use gzip, zstd or none")
 	bodyBadCompressed = errorBody("the request body could not be decompressed")
+	bodyTooManyEvents = errorBody("request holds more events or bytes than the proxy's whole buffer; split it into smaller requests")
 )
 
 func bodyTooLarge(limit int) []byte {

@@ -15,6 +15,9 @@ import (
 // with int() (tinybird-events-api.md §7).
 const retryAfterSeconds = "1"
 
+// maxPooledLines caps the line slices kept for reuse between requests.
+const maxPooledLines = 64 << 10
+
 // events handles POST /v0/events?name=<datasource>. The request is accepted
 // whole (202) or refused whole: nothing is stored unless every line is valid
 // and the buffer has room for all of them.
@@ -58,11 +61,21 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	}
 	defer release()
 
+	// A body with more lines than the whole buffer holds can never be
+	// accepted: refuse it before building a slice of lines for it (a small
+	// gzip'd body of "{}" lines would otherwise cost ~100 MB of slice).
+	if bytes.Count(body, []byte{'\n'}) >= s.buf.Stats().MaxEvents+1 {
+		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooManyEvents, 0)
+		return
+	}
 	lp, _ := s.lines.Get().(*[][]byte)
 	if lp == nil {
 		lp = new([][]byte)
 	}
 	defer func() {
+		if cap(*lp) > maxPooledLines {
+			return // let a rare huge request's slice go instead of pinning it
+		}
 		clear(*lp) // do not pin this request's body through the pool
 		*lp = (*lp)[:0]
 		s.lines.Put(lp)
@@ -89,8 +102,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonBufferFull, bodyBufferFull, len(lines))
 		return
 	case errors.Is(err, buffer.ErrTooLarge):
-		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge,
-			errorBody("request holds more events or bytes than the proxy's whole buffer; split it into smaller requests"), len(lines))
+		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooManyEvents, len(lines))
 		return
 	default: // buffer.ErrClosed
 		s.refuse(ctx, fasthttp.StatusServiceUnavailable, reasonShuttingDown, bodyShuttingDown, len(lines))

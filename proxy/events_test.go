@@ -245,6 +245,12 @@ func TestBufferFullRefusesWhole(t *testing.T) {
 	if res.status != 413 {
 		t.Errorf("oversized request: got %d; want 413", res.status)
 	}
+	// Far more lines than the buffer holds: refused before splitting.
+	res = ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "gzip"},
+		gzipped(t, bytes.Repeat([]byte("{}\n"), 100_000)))
+	if res.status != 413 || !strings.Contains(res.body, "more events") {
+		t.Errorf("100k-line request: got %d %s; want 413", res.status, res.body)
+	}
 }
 
 func TestClosedBufferAnswers503(t *testing.T) {

@@ -74,7 +74,7 @@ func FuzzSplitLines(f *testing.F) {
 	f.Add([]byte("{\"a\":1}\r\n\r\n{\"b\":[1,2,{\"c\":null}]}"))
 	f.Add([]byte("\n\n  \t\n"))
 	f.Add([]byte(`{"no":"final newline"}`))
-	f.Add([]byte(`{"long":"` + strings.Repeat("é", 70_000) + `"}`))
+	f.Add([]byte(`{"long":"` + strings.Repeat("é", 5_000) + `"}`))
 	f.Add([]byte("{\"a\":\"\xff\"}\n"))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		orig := bytes.Clone(body)
