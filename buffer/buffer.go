@@ -218,9 +218,6 @@ func (b *Buffer) Close() {
 	b.kick()
 }
 
-// Closed reports whether Close has been called.
-func (b *Buffer) Closed() bool { return b.isClosed() }
-
 func (b *Buffer) isClosed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
