@@ -58,6 +58,8 @@ func cases() []tcase {
 		{"`\\t{ \"a\" :\\r\\n1 }` inner whitespace", []byte("\t{ \"a\" :\r\n1 }")},
 		{"`\\f{\"a\":1}` form feed", []byte("\f{\"a\":1}")},
 		{"`{\"a\":1}\\x00` trailing NUL", []byte("{\"a\":1}\x00")},
+		{"raw NUL in string `{\"a\":\"x\x00y\"}`", []byte("{\"a\":\"x\x00y\"}")},
+		{"raw NUL between tokens `{\"a\":\x001}`", []byte("{\"a\":\x001}")},
 		{"UTF-8 BOM + `{\"a\":1}`", []byte("\xef\xbb\xbf{\"a\":1}")},
 		{"`{\"a\":\"\\ud800\"}` lone surrogate", []byte(`{"a":"\ud800"}`)},
 		{"`{\"a\":\"\\ud800\\u0041\"}` bad pair", []byte(`{"a":"\ud800\u0041"}`)},
