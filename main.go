@@ -25,7 +25,12 @@ import (
 	"github.com/tbproxy/tbproxy/proxy"
 )
 
-func main() { os.Exit(run()) }
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "replay" {
+		os.Exit(replay(os.Args[2:]))
+	}
+	os.Exit(run())
+}
 
 // run returns the exit status: 0 after a clean shutdown, 1 if acknowledged
 // events were lost or the server failed, 2 for invalid configuration.
@@ -46,16 +51,7 @@ func run() int {
 		log.Error("cannot start", "err", err)
 		return 2
 	}
-	fl, err := flusher.New(buf, flusher.Options{
-		Upstream:      up,
-		BatchRows:     cfg.BatchSize,
-		BatchBytes:    int(cfg.BatchMaxBytes),
-		FlushInterval: time.Duration(cfg.FlushInterval),
-		Concurrency:   cfg.UpstreamConcurrency,
-		MinBackoff:    cfg.RetryMinBackoff,
-		MaxBackoff:    cfg.RetryMaxBackoff,
-		DrainTimeout:  cfg.ShutdownTimeout,
-	}, reg, log)
+	fl, err := flusher.New(buf, flusherOptions(cfg, up), reg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -66,6 +62,7 @@ func run() int {
 		PassThrough:   !cfg.ProxyTokenMode() && !fileSink,
 		Tokens:        cfg.AuthorizationTokens,
 		HighWatermark: cfg.BufferHighWatermark,
+		WaitTimeout:   cfg.WaitTimeout,
 		ReadTimeout:   cfg.ReadTimeout,
 		WriteTimeout:  cfg.WriteTimeout,
 		IdleTimeout:   cfg.IdleTimeout,
@@ -122,6 +119,21 @@ func run() int {
 	}
 	log.Info("stopped", "exit_status", status)
 	return status
+}
+
+func flusherOptions(cfg config.Config, up flusher.Upstream) flusher.Options {
+	return flusher.Options{
+		Upstream:      up,
+		BatchRows:     cfg.BatchSize,
+		BatchBytes:    int(cfg.BatchMaxBytes),
+		FlushInterval: time.Duration(cfg.FlushInterval),
+		Concurrency:   cfg.UpstreamConcurrency,
+		MinBackoff:    cfg.RetryMinBackoff,
+		MaxBackoff:    cfg.RetryMaxBackoff,
+		DrainTimeout:  cfg.ShutdownTimeout,
+		DeadLetterDir: cfg.DeadLetterDir,
+		TokenDenyTTL:  cfg.TokenDenyTTL,
+	}
 }
 
 func newUpstream(cfg config.Config) (flusher.Upstream, error) {

@@ -25,6 +25,10 @@ var ErrTooLarge = errors.New("buffer: request larger than the buffer")
 // ErrClosed reports a Put after Close (HTTP 503: the process is draining).
 var ErrClosed = errors.New("buffer: closed")
 
+// ErrDenied reports a Put for a token that upstream recently refused (HTTP
+// 403); see Deny.
+var ErrDenied = errors.New("buffer: token denied upstream")
+
 // Key says where a group of events goes: one datasource, authenticated with
 // one token. Token is empty when the flusher uses its own configured token.
 type Key struct {
@@ -44,6 +48,9 @@ type Entry struct {
 	Rows int
 	// Accepted is when Put stored the entry, in Unix nanoseconds.
 	Accepted int64
+	// Waiter, when not nil, is told when the entry's rows are delivered or
+	// refused (a wait=true request).
+	Waiter *Waiter
 }
 
 // Options bound a Buffer. Both limits must be positive.
@@ -81,6 +88,9 @@ type Buffer struct {
 	heldEvents, heldBytes int
 	queue                 []Entry // accepted, not yet taken
 	closed                bool
+	drain                 drainRate
+
+	denied deny
 }
 
 // New returns an empty Buffer with the given limits. It panics if a limit is
@@ -89,11 +99,13 @@ func New(opts Options) *Buffer {
 	if opts.MaxEvents <= 0 || opts.MaxBytes <= 0 {
 		panic("buffer: limits must be positive")
 	}
-	return &Buffer{
+	b := &Buffer{
 		maxEvents: opts.MaxEvents,
 		maxBytes:  opts.MaxBytes,
 		ready:     make(chan struct{}, 1),
 	}
+	b.drain.start(time.Now())
+	return b
 }
 
 // Put stores lines as one entry for key, or nothing at all. Each line is one
@@ -101,12 +113,21 @@ func New(opts Options) *Buffer {
 // the caller may reuse them and their backing arrays as soon as it returns.
 //
 // Put never blocks on the consumer. It returns ErrClosed after Close,
-// ErrTooLarge when the lines could never fit, and ErrFull when they do not fit
-// now. Put with no lines stores nothing and returns nil.
-func (b *Buffer) Put(key Key, lines [][]byte) error {
+// ErrDenied for a denied token, ErrTooLarge when the lines could never fit,
+// and ErrFull when they do not fit now. Put with no lines stores nothing and
+// returns nil.
+func (b *Buffer) Put(key Key, lines [][]byte) error { return b.PutWaiting(key, lines, nil) }
+
+// PutWaiting is Put for a request whose client waits for delivery: w is
+// attached to the entry, and the consumer reports the entry's outcome to it.
+// With no lines it stores nothing and w is never told anything.
+func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 	n := len(lines)
 	if n == 0 {
 		return nil
+	}
+	if key.Token != "" && b.denied.has(key, time.Now()) {
+		return ErrDenied
 	}
 	size := n // one '\n' per line
 	for _, l := range lines {
@@ -144,7 +165,7 @@ func (b *Buffer) Put(key Key, lines [][]byte) error {
 	b.heldBytes += size
 	b.events.Store(int64(b.heldEvents))
 	b.bytes.Store(int64(b.heldBytes))
-	b.queue = append(b.queue, Entry{Key: key, Data: data, Rows: n, Accepted: now})
+	b.queue = append(b.queue, Entry{Key: key, Data: data, Rows: n, Accepted: now, Waiter: w})
 	b.mu.Unlock()
 
 	b.kick()
@@ -178,6 +199,7 @@ func (b *Buffer) Release(events, bytes int) {
 	b.heldBytes = max(b.heldBytes-bytes, 0)
 	b.events.Store(int64(b.heldEvents))
 	b.bytes.Store(int64(b.heldBytes))
+	b.drain.add(time.Now(), max(events, 0), max(bytes, 0))
 	b.mu.Unlock()
 	b.released.Add(uint64(max(events, 0)))
 }

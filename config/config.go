@@ -91,6 +91,18 @@ type Config struct {
 	// accepting connections (SHUTDOWN_DELAY, 0).
 	ShutdownDelay time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 
+	// WaitTimeout bounds how long a wait=true request is held for its rows
+	// to be acknowledged upstream before it gets 503 (WAIT_TIMEOUT, 10s).
+	WaitTimeout time.Duration `env:"WAIT_TIMEOUT" envDefault:"10s"`
+
+	// TokenDenyTTL is how long, in pass-through mode, a token upstream
+	// answered 403 is refused at once (TOKEN_DENY_TTL, 60s; 0 turns it off).
+	TokenDenyTTL time.Duration `env:"TOKEN_DENY_TTL" envDefault:"60s"`
+
+	// DeadLetterDir receives every dropped batch (DEAD_LETTER_DIR, unset:
+	// off).
+	DeadLetterDir string `env:"DEAD_LETTER_DIR"`
+
 	// ReadTimeout is the HTTP server's read timeout (READ_TIMEOUT, 30s).
 	ReadTimeout time.Duration `env:"READ_TIMEOUT" envDefault:"30s"`
 
@@ -187,6 +199,9 @@ func (c Config) LogValue() slog.Value {
 		slog.String("retry_max_backoff", c.RetryMaxBackoff.String()),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
 		slog.String("shutdown_delay", c.ShutdownDelay.String()),
+		slog.String("wait_timeout", c.WaitTimeout.String()),
+		slog.String("token_deny_ttl", c.TokenDenyTTL.String()),
+		slog.String("dead_letter_dir", c.DeadLetterDir),
 		slog.String("read_timeout", c.ReadTimeout.String()),
 		slog.String("write_timeout", c.WriteTimeout.String()),
 		slog.String("idle_timeout", c.IdleTimeout.String()),

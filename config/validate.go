@@ -45,6 +45,8 @@ func (c Config) validate(failed map[string]bool) []error {
 	}
 	v.positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
 	v.check(c.ShutdownDelay >= 0, "SHUTDOWN_DELAY", "must not be negative, got %s", c.ShutdownDelay)
+	v.positive("WAIT_TIMEOUT", c.WaitTimeout)
+	v.check(c.TokenDenyTTL >= 0, "TOKEN_DENY_TTL", "must not be negative, got %s", c.TokenDenyTTL)
 	// A zero ReadTimeout or IdleTimeout lets idle keep-alive connections pin
 	// shutdown open (house style §4).
 	v.positive("READ_TIMEOUT", c.ReadTimeout)

@@ -19,15 +19,23 @@ type Batch struct {
 	// Rows and Bytes are the events and NDJSON bytes the batch carries.
 	Rows, Bytes int
 
-	parts [][]byte // whole lines, each ending in '\n'
-	first int64    // Accepted time of the oldest entry, Unix nanoseconds
+	parts []part
+	first int64 // Accepted time of the oldest entry, Unix nanoseconds
+}
+
+// part is a run of whole lines from one entry, each ending in '\n', and the
+// waiting client (if any) whose rows they are.
+type part struct {
+	data []byte
+	rows int
+	w    *buffer.Waiter
 }
 
 // WriteTo writes the batch as NDJSON (every line ends in '\n') to w.
 func (b *Batch) WriteTo(w io.Writer) (int64, error) {
 	var n int64
 	for _, p := range b.parts {
-		m, err := w.Write(p)
+		m, err := w.Write(p.data)
 		n += int64(m)
 		if err != nil {
 			return n, err
@@ -36,13 +44,71 @@ func (b *Batch) WriteTo(w io.Writer) (int64, error) {
 	return n, nil
 }
 
-func (b *Batch) add(data []byte, rows int, accepted int64) {
+// add appends rows lines of data. A waiter is told to expect one more piece.
+func (b *Batch) add(data []byte, rows int, accepted int64, w *buffer.Waiter) {
 	if b.Rows == 0 || accepted < b.first {
 		b.first = accepted
 	}
-	b.parts = append(b.parts, data)
+	if w != nil {
+		w.AddPart()
+	}
+	b.parts = append(b.parts, part{data: data, rows: rows, w: w})
 	b.Rows += rows
 	b.Bytes += len(data)
+}
+
+// split cuts a batch of two or more rows into two with about half the rows
+// each, at a line boundary. A piece of a waiting request that straddles the
+// cut becomes two pieces. b must not be used afterwards.
+func (b *Batch) split() (*Batch, *Batch) {
+	first := &Batch{Key: b.Key, first: b.first}
+	second := &Batch{Key: b.Key, first: b.first}
+	want := b.Rows / 2
+	for _, p := range b.parts {
+		switch room := want - first.Rows; {
+		case room >= p.rows:
+			first.parts = append(first.parts, p)
+			first.Rows += p.rows
+			first.Bytes += len(p.data)
+		case room <= 0:
+			second.parts = append(second.parts, p)
+			second.Rows += p.rows
+			second.Bytes += len(p.data)
+		default:
+			n, rows := cutLines(p.data, room, len(p.data))
+			first.parts = append(first.parts, part{data: p.data[:n:n], rows: rows, w: p.w})
+			first.Rows += rows
+			first.Bytes += n
+			if p.w != nil {
+				p.w.AddPart() // the same request now finishes in two pieces
+			}
+			second.parts = append(second.parts, part{data: p.data[n:], rows: p.rows - rows, w: p.w})
+			second.Rows += p.rows - rows
+			second.Bytes += len(p.data) - n
+		}
+	}
+	return first, second
+}
+
+// finishWaiters tells every waiting client in the batch its outcome. A
+// batch's quarantined rows cannot be traced to requests, so each request is
+// told its share, rounded down; rows upstream did not count are neither.
+func (b *Batch) finishWaiters(res Result, f *buffer.Failure) {
+	for _, p := range b.parts {
+		if p.w == nil {
+			continue
+		}
+		if f != nil {
+			p.w.Finish(0, 0, f)
+			continue
+		}
+		q := p.rows * res.QuarantinedRows / b.Rows
+		s := p.rows - q
+		if res.SuccessfulRows+res.QuarantinedRows < b.Rows {
+			s = p.rows * res.SuccessfulRows / b.Rows
+		}
+		p.w.Finish(s, q, nil)
+	}
 }
 
 // policy decides when a growing batch is sent: when it holds rows events or
@@ -89,12 +155,13 @@ func cutLines(data []byte, maxRows, maxBytes int) (n, rows int) {
 // of upstream slots and keeps each key's rows in order; different keys are
 // sent in parallel. Owned by the flusher's loop goroutine.
 type stream struct {
-	key      buffer.Key
-	open     *Batch
-	openedAt time.Time
-	ready    []*Batch
-	inflight *Batch
-	runnable bool // listed in Flusher.runnable
+	key       buffer.Key
+	open      *Batch
+	openedAt  time.Time
+	ready     []*Batch
+	inflight  *Batch
+	runnable  bool      // listed in Flusher.runnable
+	holdUntil time.Time // upstream's rate limit is spent until then; zero if not
 }
 
 // add appends an entry's rows to the stream, sealing batches as they fill.
@@ -109,7 +176,7 @@ func (s *stream) add(e buffer.Entry, p policy, now time.Time) {
 		}
 		roomRows, roomBytes := p.room(s.open)
 		if rows <= roomRows && len(data) <= roomBytes {
-			s.open.add(data, rows, e.Accepted)
+			s.open.add(data, rows, e.Accepted, e.Waiter)
 			rows = 0
 		} else {
 			n, r := cutLines(data, roomRows, roomBytes)
@@ -124,7 +191,7 @@ func (s *stream) add(e buffer.Entry, p policy, now time.Time) {
 				}
 				r = 1
 			}
-			s.open.add(data[:n:n], r, e.Accepted)
+			s.open.add(data[:n:n], r, e.Accepted, e.Waiter)
 			data, rows = data[n:], rows-r
 		}
 		if p.full(s.open) {
@@ -154,7 +221,7 @@ func (s *stream) next() *Batch {
 }
 
 func (s *stream) idle() bool {
-	return s.open == nil && len(s.ready) == 0 && s.inflight == nil
+	return s.open == nil && len(s.ready) == 0 && s.inflight == nil && s.holdUntil.IsZero()
 }
 
 // oldest returns the Accepted time of the oldest event the stream holds.

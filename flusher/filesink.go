@@ -1,7 +1,6 @@
 package flusher
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -33,35 +32,11 @@ func (s *FileSink) Send(_ context.Context, b *Batch) (Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	path := filepath.Join(s.dir, b.Key.Datasource+".ndjson")
-	if err := appendBatch(path, b); err != nil {
+	if _, err := appendTo(path, func(w io.Writer) error {
+		_, err := b.WriteTo(w)
+		return err
+	}); err != nil {
 		return Result{}, &RetryableError{Err: fmt.Errorf("append %d events to %s: %w", b.Rows, path, err)}
 	}
 	return Result{SuccessfulRows: b.Rows}, nil
-}
-
-func appendBatch(path string, b *Batch) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		return err
-	}
-	start, err := f.Seek(0, io.SeekEnd)
-	if err == nil {
-		w := bufio.NewWriterSize(f, 256<<10)
-		_, err = b.WriteTo(w)
-		if err == nil {
-			err = w.Flush()
-		}
-		if err == nil {
-			err = f.Sync()
-		}
-		if err != nil {
-			// Cut a half-written batch off, so the retry does not leave a
-			// torn line or a partial copy behind.
-			_ = f.Truncate(start)
-		}
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +34,13 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// DrainTimeout bounds delivery after Run's context ends (default 30s).
 	DrainTimeout time.Duration
+	// DeadLetterDir, when set, receives every dropped batch: its rows are
+	// appended to <dir>/<datasource>.ndjson and a line describing the drop
+	// to <dir>/<datasource>.errors.jsonl.
+	DeadLetterDir string
+	// TokenDenyTTL, when positive, makes the buffer refuse a client token
+	// (pass-through mode) for this long after upstream answered it 403.
+	TokenDenyTTL time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -86,25 +92,24 @@ type Flusher struct {
 	// by the loop, read by the metrics scrape. Zero when nothing is held.
 	oldestNanos atomic.Int64
 
+	dead *deadLetters // nil when DeadLetterDir is unset
+
 	// Owned by the Run goroutine.
 	streams  map[buffer.Key]*stream
 	runnable []*stream // streams that may have a batch to start; see wake
+	leftover []*Batch  // pieces abandoned at a hard stop
 }
 
-type outcome int
-
-const (
-	delivered outcome = iota
-	dropped
-	aborted // hard stop: the batch stays accounted and is counted as lost
-)
-
+// result is what a sender reports back to the loop about one batch. A batch
+// split after a 413 reports all its pieces in one result.
 type result struct {
-	s       *stream
-	b       *Batch
-	outcome outcome
-	res     Result
-	reason  string
+	s *stream
+	b *Batch
+	// released rows and bytes were delivered or dropped; the rest of the
+	// batch was abandoned at a hard stop and is still held.
+	relRows, relBytes int
+	leftover          []*Batch // abandoned pieces, for the dead-letter file
+	hold              time.Duration
 }
 
 // New returns a Flusher that drains buf into opts.Upstream. Metrics are
@@ -123,6 +128,13 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 		freed:   make(chan struct{}, 1),
 		results: make(chan result),
 		streams: make(map[buffer.Key]*stream),
+	}
+	if opts.DeadLetterDir != "" {
+		d, err := newDeadLetters(opts.DeadLetterDir)
+		if err != nil {
+			return nil, err
+		}
+		f.dead = d
 	}
 	m, err := newMetrics(reg, buf, f.oldestAge)
 	if err != nil {
@@ -177,7 +189,9 @@ func (f *Flusher) Run(ctx context.Context) error {
 		case <-timer.C:
 			nextFlush = f.sealDue(time.Now())
 		case r := <-f.results:
-			f.finish(r)
+			if t := f.finish(r, time.Now()); !t.IsZero() && (nextFlush.IsZero() || t.Before(nextFlush)) {
+				nextFlush = t
+			}
 		case <-f.freed:
 		case <-done:
 			done = nil
@@ -212,11 +226,21 @@ func (f *Flusher) stream(k buffer.Key) *stream {
 	return s
 }
 
-// sealDue seals every batch whose interval has passed and returns when the
-// next one is due (zero if none is open).
+// sealDue seals every batch whose interval has passed, lifts holds that
+// ended, and returns when the next batch or hold is due (zero if none).
 func (f *Flusher) sealDue(now time.Time) time.Time {
 	var next time.Time
 	for _, s := range f.streams {
+		if !s.holdUntil.IsZero() {
+			if now.Before(s.holdUntil) {
+				if next.IsZero() || s.holdUntil.Before(next) {
+					next = s.holdUntil
+				}
+			} else {
+				s.holdUntil = time.Time{}
+				f.wake(s)
+			}
+		}
 		if s.open == nil {
 			continue
 		}
@@ -235,7 +259,7 @@ func (f *Flusher) sealDue(now time.Time) time.Time {
 // wake notes that s may have a batch ready to start. It keeps startSends
 // proportional to the streams that changed, not to every stream there is.
 func (f *Flusher) wake(s *stream) {
-	if !s.runnable && s.inflight == nil && len(s.ready) > 0 {
+	if !s.runnable && s.inflight == nil && len(s.ready) > 0 && s.holdUntil.IsZero() {
 		s.runnable = true
 		f.runnable = append(f.runnable, s)
 	}
@@ -283,146 +307,72 @@ func (f *Flusher) releaseSlot() {
 	}
 }
 
-// finish applies a delivery's outcome. It runs on the loop goroutine.
-func (f *Flusher) finish(r result) {
+// finish applies a delivery's outcome: the buffer's accounting, and a hold
+// on the stream when upstream said its rate limit is spent. It returns when
+// the hold ends (zero if none). It runs on the loop goroutine.
+func (f *Flusher) finish(r result, now time.Time) time.Time {
 	f.m.inflight.Dec()
 	r.s.inflight = nil
-	switch r.outcome {
-	case delivered:
-		f.m.delivered.Add(float64(r.res.SuccessfulRows))
-		f.m.quarantined.Add(float64(r.res.QuarantinedRows))
-		if short := r.b.Rows - r.res.SuccessfulRows - r.res.QuarantinedRows; short > 0 {
-			f.m.dropped.WithLabelValues(reasonUpstreamShortAck).Add(float64(short))
-		}
-		f.buf.Release(r.b.Rows, r.b.Bytes)
-	case dropped:
-		f.m.dropped.WithLabelValues(r.reason).Add(float64(r.b.Rows))
-		f.buf.Release(r.b.Rows, r.b.Bytes)
-	case aborted:
-		return // still held; abandon counts it
+	f.buf.Release(r.relRows, r.relBytes)
+	f.leftover = append(f.leftover, r.leftover...)
+	var until time.Time
+	if r.hold > 0 {
+		until = now.Add(r.hold)
+		r.s.holdUntil = until
 	}
 	f.wake(r.s)
 	if r.s.idle() {
 		delete(f.streams, r.s.key)
 	}
+	return until
 }
 
 // abandon ends a drain that ran out of time: it waits for the senders (they
-// stop at once, their context is cancelled and no attempt outlives the drain
-// deadline), then counts everything still held as lost.
+// stop at once: their context is cancelled and no attempt started during the
+// drain outlives its deadline), then dead-letters, logs and counts
+// everything still held as lost.
 func (f *Flusher) abandon() error {
 	go func() {
 		f.senders.Wait()
 		close(f.results)
 	}()
 	for r := range f.results {
-		f.finish(r)
+		f.finish(r, time.Now())
 	}
 	lost := f.buf.Len()
 	f.refreshOldest()
 	if lost == 0 {
 		return nil
 	}
+	failure := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout,
+		Message: "the proxy shut down before these rows were delivered; they were not written"}
+	for _, b := range f.heldBatches() {
+		f.deadLetter(b, failure)
+		b.finishWaiters(Result{}, failure)
+	}
 	f.m.dropped.WithLabelValues(reasonShutdownTimeout).Add(float64(lost))
 	f.log.Error("shutdown timeout: acknowledged events were not delivered",
-		"events", lost, "reason", reasonShutdownTimeout, "timeout", f.opts.DrainTimeout.String())
+		"events", lost, "reason", reasonShutdownTimeout, "timeout", f.opts.DrainTimeout.String(),
+		"dead_letter_dir", f.opts.DeadLetterDir)
 	return fmt.Errorf("%w: %d events still held after %s", ErrUndelivered, lost, f.opts.DrainTimeout)
 }
 
-// deliver sends one batch until upstream acknowledges it, refuses it for
-// good, or ctx is cancelled. Attempts share the Concurrency slots; a batch
-// waiting out its backoff holds none, so a failing key never starves others.
-func (f *Flusher) deliver(ctx context.Context, b *Batch) result {
-	f.m.batchEvents.Observe(float64(b.Rows))
-	f.m.batchBytes.Observe(float64(b.Bytes))
-	for attempt := 1; ; attempt++ {
-		if attempt > 1 { // the first attempt's slot was taken by startSends
-			select {
-			case f.sem <- struct{}{}:
-			case <-ctx.Done():
-				return result{b: b, outcome: aborted}
-			}
-		}
-		start := time.Now()
-		actx, cancel := context.WithDeadline(ctx, f.attemptDeadline(start))
-		res, err := f.opts.Upstream.Send(actx, b)
-		cancel()
-		f.releaseSlot()
-		f.m.observeAttempt(statusOf(res, err), err == nil, time.Since(start))
-
-		if err == nil {
-			f.log.Debug("batch delivered", "datasource", b.Key.Datasource, "events", b.Rows,
-				"bytes", b.Bytes, "attempt", attempt, "took", time.Since(start).String())
-			if res.SuccessfulRows+res.QuarantinedRows < b.Rows {
-				f.log.Error("upstream acknowledged fewer rows than were sent", "datasource", b.Key.Datasource,
-					"sent", b.Rows, "successful_rows", res.SuccessfulRows, "quarantined_rows", res.QuarantinedRows,
-					"reason", reasonUpstreamShortAck)
-			}
-			return result{b: b, outcome: delivered, res: res}
-		}
-		wait, retry := isRetryable(err)
-		if !retry {
-			reason := reasonUpstreamRejected
-			var se *StatusError
-			if errors.As(err, &se) && se.Status == 422 {
-				reason = reasonUpstreamPartial
-			}
-			f.log.Error("batch dropped", "datasource", b.Key.Datasource, "events", b.Rows,
-				"reason", reason, "err", err)
-			return result{b: b, outcome: dropped, reason: reason}
-		}
-		if wait <= 0 {
-			wait = f.backoff(attempt)
-		}
-		if attempt&(attempt-1) == 0 { // attempts 1, 2, 4, 8…: no log storm in a long outage
-			f.log.Warn("upstream send failed, will retry", "datasource", b.Key.Datasource,
-				"events", b.Rows, "attempt", attempt, "retry_in", wait.String(), "err", err)
-		}
-		f.m.retries.Inc()
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return result{b: b, outcome: aborted}
+// heldBatches collects every batch still held after a hard stop: pieces
+// abandoned in flight, batches waiting or growing, and entries never taken.
+func (f *Flusher) heldBatches() []*Batch {
+	out := f.leftover
+	for _, s := range f.streams {
+		out = append(out, s.ready...)
+		if s.open != nil && s.open.Rows > 0 {
+			out = append(out, s.open)
 		}
 	}
-}
-
-// attemptDeadline is when an attempt started at now must give up: never
-// later than the drain deadline, so a hard stop does not wait on a send.
-func (f *Flusher) attemptDeadline(now time.Time) time.Time {
-	d := now.Add(24 * time.Hour) // the upstream applies its own timeout
-	if n := f.drainDeadline.Load(); n != 0 {
-		d = time.Unix(0, n)
+	for _, e := range f.buf.Take(nil) {
+		b := &Batch{Key: e.Key}
+		b.add(e.Data, e.Rows, e.Accepted, e.Waiter)
+		out = append(out, b)
 	}
-	return d
-}
-
-// backoff returns the wait before retry number attempt: exponential from
-// MinBackoff, capped at MaxBackoff, with equal jitter so that many batches
-// failing together do not retry together.
-func (f *Flusher) backoff(attempt int) time.Duration {
-	d := f.opts.MinBackoff
-	for i := 1; i < attempt && d < f.opts.MaxBackoff; i++ {
-		d *= 2 // stops at MaxBackoff, long before it could overflow
-	}
-	d = min(d, f.opts.MaxBackoff)
-	return d/2 + rand.N(d/2+1)
-}
-
-func statusOf(res Result, err error) int {
-	var re *RetryableError
-	var se *StatusError
-	switch {
-	case err == nil:
-		return res.Status
-	case errors.As(err, &re):
-		return re.Status
-	case errors.As(err, &se):
-		return se.Status
-	}
-	return 0
+	return out
 }
 
 func (f *Flusher) refreshOldest() {

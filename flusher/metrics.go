@@ -16,6 +16,9 @@ const (
 	// reasonUpstreamPartial: upstream answered 422, a partial write that is
 	// never retried because a retry would duplicate the rows it did write.
 	reasonUpstreamPartial = "upstream_partial_write"
+	// reasonRowTooLarge: upstream answered 413 to a batch of one row, so
+	// splitting cannot help.
+	reasonRowTooLarge = "row_too_large"
 	// reasonUpstreamShortAck: upstream answered 2xx but counted fewer
 	// successful plus quarantined rows than the batch held.
 	reasonUpstreamShortAck = "upstream_short_ack"
@@ -23,7 +26,7 @@ const (
 	reasonShutdownTimeout = "shutdown_timeout"
 )
 
-var dropReasons = []string{reasonUpstreamRejected, reasonUpstreamPartial, reasonUpstreamShortAck, reasonShutdownTimeout}
+var dropReasons = []string{reasonUpstreamRejected, reasonUpstreamPartial, reasonRowTooLarge, reasonUpstreamShortAck, reasonShutdownTimeout}
 
 type metrics struct {
 	upstreamRequests *prometheus.CounterVec
@@ -35,6 +38,9 @@ type metrics struct {
 	batchEvents      prometheus.Histogram
 	batchBytes       prometheus.Histogram
 	inflight         prometheus.Gauge
+	splits           prometheus.Counter
+	deadLettered     prometheus.Counter
+	deadLetterErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer, oldest func() time.Duration) (*metrics, error) {
@@ -78,13 +84,25 @@ func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer, oldest func() tim
 			Name: "tbproxy_upstream_inflight_batches",
 			Help: "Batches being sent or waiting to retry.",
 		}),
+		splits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_upstream_splits_total",
+			Help: "Batches split in halves because upstream answered 413.",
+		}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_dead_lettered_events_total",
+			Help: "Dropped events written to DEAD_LETTER_DIR.",
+		}),
+		deadLetterErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_dead_letter_errors_total",
+			Help: "Dropped batches that could not be written to DEAD_LETTER_DIR.",
+		}),
 	}
 	for _, r := range dropReasons {
 		m.dropped.WithLabelValues(r)
 	}
 	cs := []prometheus.Collector{
 		m.upstreamRequests, m.upstreamDuration, m.retries, m.delivered, m.quarantined,
-		m.dropped, m.batchEvents, m.batchBytes, m.inflight,
+		m.dropped, m.batchEvents, m.batchBytes, m.inflight, m.splits, m.deadLettered, m.deadLetterErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tbproxy_buffer_events",
 			Help: "Events held: accepted and not yet delivered or dropped.",

@@ -105,6 +105,15 @@ func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
 	}
 	res := parseResult(resp.Body(), b.Rows)
 	res.Status = status
+	if remaining := strings.TrimSpace(string(resp.Header.Peek("X-RateLimit-Remaining"))); remaining == "0" {
+		// The window is spent: wait for its reset rather than earn a 429.
+		res.HoldFor = retryAfter(func(k string) string {
+			if k == "Retry-After" {
+				return ""
+			}
+			return string(resp.Header.Peek(k))
+		}, time.Now())
+	}
 	return res, nil
 }
 

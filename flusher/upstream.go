@@ -27,6 +27,9 @@ type Result struct {
 	Status          int
 	SuccessfulRows  int
 	QuarantinedRows int
+	// HoldFor, when positive, is how long upstream asked for no more sends
+	// to this datasource (X-RateLimit-Remaining: 0 until X-RateLimit-Reset).
+	HoldFor time.Duration
 }
 
 // RetryableError is a failed send that may succeed later: a network error,

@@ -51,6 +51,8 @@ var (
 	bodyNotAllowed    = errorBody("method not allowed")
 	bodyUnsupportedCE = errorBody("unsupported Content-Encoding: use gzip, zstd or none")
 	bodyBadCompressed = errorBody("the request body could not be decompressed")
+	bodyDeniedToken   = errorBody("invalid token: upstream refused it recently")
+	bodyWaitTimeout   = errorBody("timed out waiting for upstream to acknowledge the rows; they are still queued and will be delivered, so retrying this request may create duplicates")
 	bodyTooManyEvents = errorBody("request holds more events or bytes than the proxy's whole buffer; split it into smaller requests")
 )
 
@@ -58,9 +60,11 @@ func bodyTooLarge(limit int) []byte {
 	return errorBody("request body larger than " + strconv.Itoa(limit) + " bytes (after decompression); split it into smaller requests")
 }
 
-// successBody renders {"successful_rows":N,"quarantined_rows":0} into dst.
-func successBody(dst []byte, rows int) []byte {
+// successBody renders {"successful_rows":N,"quarantined_rows":Q} into dst.
+func successBody(dst []byte, successful, quarantined int) []byte {
 	dst = append(dst, `{"successful_rows":`...)
-	dst = strconv.AppendInt(dst, int64(rows), 10)
-	return append(dst, `,"quarantined_rows":0}`...)
+	dst = strconv.AppendInt(dst, int64(successful), 10)
+	dst = append(dst, `,"quarantined_rows":`...)
+	dst = strconv.AppendInt(dst, int64(quarantined), 10)
+	return append(dst, '}')
 }

@@ -5,15 +5,11 @@ import (
 	"crypto/subtle"
 	"errors"
 	"strconv"
+	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/valyala/fasthttp"
 )
-
-// retryAfterSeconds is the Retry-After sent with a 429 for a full buffer.
-// Integer seconds: the OTel exporter parses it with Atoi, the old Python SDK
-// with int() (tinybird-events-api.md §7).
-const retryAfterSeconds = "1"
 
 // maxPooledLines caps the line slices kept for reuse between requests.
 const maxPooledLines = 64 << 10
@@ -91,18 +87,32 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	if s.opts.PassThrough {
 		key.Token = string(token)
 	}
-	switch err := s.buf.Put(key, lines); {
+	var w *buffer.Waiter
+	if isTrue(args.Peek("wait")) && len(lines) > 0 {
+		w = buffer.NewWaiter()
+	}
+	switch err := s.buf.PutWaiting(key, lines, w); {
 	case err == nil:
 	case errors.Is(err, buffer.ErrFull):
+		size := len(lines)
+		for _, l := range lines {
+			size += len(l)
+		}
+		// Integer seconds: the OTel exporter parses Retry-After with Atoi,
+		// the old Python SDK with int() (tinybird-events-api.md §7).
+		secs := strconv.Itoa(int((s.buf.RetryAfter(len(lines), size) + time.Second - 1) / time.Second))
 		h := &ctx.Response.Header
-		h.Set(fasthttp.HeaderRetryAfter, retryAfterSeconds)
+		h.Set(fasthttp.HeaderRetryAfter, secs)
 		h.Set("X-RateLimit-Limit", strconv.Itoa(s.buf.Stats().MaxEvents))
 		h.Set("X-RateLimit-Remaining", "0")
-		h.Set("X-RateLimit-Reset", retryAfterSeconds)
+		h.Set("X-RateLimit-Reset", secs)
 		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonBufferFull, bodyBufferFull, len(lines))
 		return
 	case errors.Is(err, buffer.ErrTooLarge):
 		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooManyEvents, len(lines))
+		return
+	case errors.Is(err, buffer.ErrDenied):
+		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, bodyDeniedToken, len(lines))
 		return
 	default: // buffer.ErrClosed
 		s.refuse(ctx, fasthttp.StatusServiceUnavailable, reasonShuttingDown, bodyShuttingDown, len(lines))
@@ -110,10 +120,51 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	}
 
 	s.m.accepted.Add(float64(len(lines)))
+	if w != nil {
+		s.await(ctx, w)
+		return
+	}
+	status := fasthttp.StatusAccepted
+	if isTrue(args.Peek("wait")) {
+		status = fasthttp.StatusOK // nothing to wait for: an empty body
+	}
+	writeSuccess(ctx, status, len(lines), 0)
+}
+
+// await holds a wait=true request until its rows are acknowledged upstream
+// (200 with its rows' counts), refused for good (upstream's status and
+// error), or WaitTimeout passes (503: the rows stay queued and will still be
+// delivered, so a client that retries may create duplicates). The handler's
+// goroutine blocks on one channel; nothing spins and nothing locks per row.
+func (s *Server) await(ctx *fasthttp.RequestCtx, w *buffer.Waiter) {
+	t := time.NewTimer(s.opts.WaitTimeout)
+	defer t.Stop()
+	select {
+	case <-w.Done():
+	case <-t.C:
+		s.m.waitTimeouts.Inc()
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, strconv.Itoa(int(s.opts.WaitTimeout.Round(time.Second)/time.Second)))
+		writeError(ctx, fasthttp.StatusServiceUnavailable, bodyWaitTimeout)
+		return
+	}
+	successful, quarantined, f := w.Result()
+	if f != nil {
+		writeError(ctx, f.Status, errorBody(f.Message))
+		return
+	}
+	writeSuccess(ctx, fasthttp.StatusOK, successful, quarantined)
+}
+
+func writeSuccess(ctx *fasthttp.RequestCtx, status, successful, quarantined int) {
 	ctx.Response.Header.SetContentType("application/json")
-	ctx.SetStatusCode(fasthttp.StatusAccepted)
-	var b [64]byte
-	ctx.SetBody(successBody(b[:0], len(lines)))
+	ctx.SetStatusCode(status)
+	var b [80]byte
+	ctx.SetBody(successBody(b[:0], successful, quarantined))
+}
+
+// isTrue reads a boolean query parameter as clients send it ("true", "1").
+func isTrue(v []byte) bool {
+	return bytes.EqualFold(v, []byte("true")) || bytes.Equal(v, []byte("1"))
 }
 
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, reason string, body []byte, events int) {

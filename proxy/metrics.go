@@ -17,6 +17,7 @@ type metrics struct {
 	refusedReqs    *prometheus.CounterVec
 	refusedEvents  *prometheus.CounterVec
 	eventsByStatus map[int]prometheus.Counter // pre-resolved hot-path children
+	waitTimeouts   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,6 +39,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Valid events refused with their request, by reason (buffer_full, too_large, shutting_down).",
 		}, []string{"reason"}),
 		eventsByStatus: make(map[int]prometheus.Counter),
+		waitTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_wait_timeouts_total",
+			Help: "wait=true requests answered 503 because upstream had not acknowledged their rows within WAIT_TIMEOUT.",
+		}),
 	}
 	for _, r := range refusalReasons {
 		m.refusedReqs.WithLabelValues(r)
@@ -45,10 +50,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{reasonBufferFull, reasonTooLarge, reasonShuttingDown} {
 		m.refusedEvents.WithLabelValues(r)
 	}
-	for _, code := range []int{202, 400, 403, 405, 413, 415, 429, 503} {
+	for _, code := range []int{200, 202, 400, 403, 405, 413, 415, 429, 503} {
 		m.eventsByStatus[code] = m.requests.WithLabelValues(handlerEvents, strconv.Itoa(code))
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.accepted, m.refusedReqs, m.refusedEvents} {
+	for _, c := range []prometheus.Collector{m.requests, m.accepted, m.refusedReqs, m.refusedEvents, m.waitTimeouts} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -38,6 +38,9 @@ type Options struct {
 	// (defaults 30s, 30s, 60s). Non-zero, or keep-alive connections could
 	// hold shutdown open.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// WaitTimeout bounds how long a wait=true request is held for its rows
+	// to be acknowledged upstream (default 10s).
+	WaitTimeout time.Duration
 	// Gatherer is served on GET /metrics; nil serves an empty registry.
 	Gatherer prometheus.Gatherer
 }
@@ -57,6 +60,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 60 * time.Second
+	}
+	if o.WaitTimeout <= 0 {
+		o.WaitTimeout = 10 * time.Second
 	}
 	if o.Gatherer == nil {
 		o.Gatherer = prometheus.NewRegistry()

@@ -1,0 +1,177 @@
+package flusher
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+// deliver sends one batch until upstream acknowledges it, refuses it for
+// good, or ctx is cancelled; a batch upstream finds too large (413) is split
+// in halves and each half delivered the same way. Attempts share the
+// Concurrency slots; a batch waiting out its backoff holds none, so a failing
+// key never starves others. The first attempt's slot was taken by startSends.
+func (f *Flusher) deliver(ctx context.Context, b *Batch) result {
+	r := result{b: b}
+	f.send(ctx, b, &r, true)
+	return r
+}
+
+func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) {
+	f.m.batchEvents.Observe(float64(b.Rows))
+	f.m.batchBytes.Observe(float64(b.Bytes))
+	for attempt := 1; ; attempt++ {
+		if !haveSlot {
+			select {
+			case f.sem <- struct{}{}:
+			case <-ctx.Done():
+				r.leftover = append(r.leftover, b)
+				return
+			}
+		}
+		haveSlot = false
+		start := time.Now()
+		actx, cancel := context.WithDeadline(ctx, f.attemptDeadline(start))
+		res, err := f.opts.Upstream.Send(actx, b)
+		cancel()
+		f.releaseSlot()
+		f.m.observeAttempt(statusOf(res, err), err == nil, time.Since(start))
+
+		if err == nil {
+			f.delivered(b, res, r, attempt, time.Since(start))
+			return
+		}
+		wait, retry := isRetryable(err)
+		if !retry {
+			var se *StatusError
+			if errors.As(err, &se) && se.Status == http.StatusRequestEntityTooLarge && b.Rows > 1 {
+				first, second := b.split()
+				f.log.Warn("upstream found the batch too large, sending it in halves",
+					"datasource", b.Key.Datasource, "events", b.Rows, "bytes", b.Bytes)
+				f.m.splits.Inc()
+				f.send(ctx, first, r, false)
+				f.send(ctx, second, r, false)
+				return
+			}
+			f.drop(b, err, r)
+			return
+		}
+		if wait <= 0 {
+			wait = f.backoff(attempt)
+		}
+		if attempt&(attempt-1) == 0 { // attempts 1, 2, 4, 8…: no log storm in a long outage
+			f.log.Warn("upstream send failed, will retry", "datasource", b.Key.Datasource,
+				"events", b.Rows, "attempt", attempt, "retry_in", wait.String(), "err", err)
+		}
+		f.m.retries.Inc()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			r.leftover = append(r.leftover, b)
+			return
+		}
+	}
+}
+
+func (f *Flusher) delivered(b *Batch, res Result, r *result, attempt int, took time.Duration) {
+	f.log.Debug("batch delivered", "datasource", b.Key.Datasource, "events", b.Rows,
+		"bytes", b.Bytes, "attempt", attempt, "took", took.String())
+	f.m.delivered.Add(float64(res.SuccessfulRows))
+	f.m.quarantined.Add(float64(res.QuarantinedRows))
+	if short := b.Rows - res.SuccessfulRows - res.QuarantinedRows; short > 0 {
+		f.m.dropped.WithLabelValues(reasonUpstreamShortAck).Add(float64(short))
+		f.log.Error("upstream acknowledged fewer rows than were sent", "datasource", b.Key.Datasource,
+			"sent", b.Rows, "successful_rows", res.SuccessfulRows, "quarantined_rows", res.QuarantinedRows,
+			"reason", reasonUpstreamShortAck)
+	}
+	b.finishWaiters(res, nil)
+	r.relRows += b.Rows
+	r.relBytes += b.Bytes
+	r.hold = max(r.hold, res.HoldFor)
+}
+
+// drop gives up on b for a reason that retrying cannot fix: it is counted,
+// logged, written to the dead-letter directory, and its waiting clients get
+// upstream's answer. A 403 for a client's own token (pass-through mode)
+// makes the buffer refuse that token for that datasource for TokenDenyTTL.
+func (f *Flusher) drop(b *Batch, err error, r *result) {
+	failure := &buffer.Failure{Status: http.StatusBadGateway, Message: err.Error(), Reason: reasonUpstreamRejected}
+	var se *StatusError
+	if errors.As(err, &se) {
+		failure.Status, failure.Message = se.Status, se.Message
+		switch {
+		case se.Status == http.StatusUnprocessableEntity:
+			failure.Reason = reasonUpstreamPartial
+		case se.Status == http.StatusRequestEntityTooLarge:
+			failure.Reason = reasonRowTooLarge
+		}
+	}
+	f.m.dropped.WithLabelValues(failure.Reason).Add(float64(b.Rows))
+	path := f.deadLetter(b, failure)
+	f.log.Error("batch dropped", "datasource", b.Key.Datasource, "events", b.Rows,
+		"reason", failure.Reason, "status", failure.Status, "err", err, "dead_letter", path)
+	if failure.Status == http.StatusForbidden && b.Key.Token != "" && f.opts.TokenDenyTTL > 0 {
+		f.buf.Deny(b.Key, time.Now().Add(f.opts.TokenDenyTTL))
+	}
+	b.finishWaiters(Result{}, failure)
+	r.relRows += b.Rows
+	r.relBytes += b.Bytes
+}
+
+// deadLetter writes b to the dead-letter directory, if one is set, and
+// returns the file it went to ("" if none).
+func (f *Flusher) deadLetter(b *Batch, failure *buffer.Failure) string {
+	if f.dead == nil {
+		return ""
+	}
+	path, err := f.dead.write(b, failure, time.Now())
+	if err != nil {
+		f.m.deadLetterErrors.Inc()
+		f.log.Error("cannot write dead letter", "datasource", b.Key.Datasource, "events", b.Rows, "err", err)
+		return ""
+	}
+	f.m.deadLettered.Add(float64(b.Rows))
+	return path
+}
+
+// attemptDeadline is when an attempt started at now must give up: never
+// later than the drain deadline, so a hard stop does not wait on a send.
+func (f *Flusher) attemptDeadline(now time.Time) time.Time {
+	d := now.Add(24 * time.Hour) // the upstream applies its own timeout
+	if n := f.drainDeadline.Load(); n != 0 {
+		d = time.Unix(0, n)
+	}
+	return d
+}
+
+// backoff returns the wait before retry number attempt: exponential from
+// MinBackoff, capped at MaxBackoff, with equal jitter so that many batches
+// failing together do not retry together.
+func (f *Flusher) backoff(attempt int) time.Duration {
+	d := f.opts.MinBackoff
+	for i := 1; i < attempt && d < f.opts.MaxBackoff; i++ {
+		d *= 2 // stops at MaxBackoff, long before it could overflow
+	}
+	d = min(d, f.opts.MaxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+func statusOf(res Result, err error) int {
+	var re *RetryableError
+	var se *StatusError
+	switch {
+	case err == nil:
+		return res.Status
+	case errors.As(err, &re):
+		return re.Status
+	case errors.As(err, &se):
+		return se.Status
+	}
+	return 0
+}

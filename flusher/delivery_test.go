@@ -1,0 +1,148 @@
+package flusher
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	json "github.com/goccy/go-json"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/fakebird"
+)
+
+// Test413SplitsBatches: upstream refuses bodies above a size with 413; the
+// flusher halves batches until they fit, and every row arrives once. A row
+// larger than the limit on its own is dead-lettered with its reason.
+func Test413SplitsBatches(t *testing.T) {
+	const limit = 2048
+	fb := fakebird.NewTB(t, fakebird.Options{MaxBodyBytes: limit})
+	dir := t.TempDir()
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DeadLetterDir: dir})
+	var want []string
+	for i := range 100 {
+		want = append(want, event(i))
+	}
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, want[:60]...)
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, want[60:]...)
+	huge := `{"huge":"` + strings.Repeat("x", 3*limit) + `"}`
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, huge)
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range fb.Rows() {
+		got = append(got, string(r.Line))
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %d rows upstream; want the 100 small ones exactly once", len(got))
+	}
+	if fb.StatusCounts()[413] == 0 || testutil.ToFloat64(h.f.m.splits) == 0 {
+		t.Errorf("no 413 or no split seen: statuses %v", fb.StatusCounts())
+	}
+	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonRowTooLarge)); got != 1 {
+		t.Errorf("dropped{reason=row_too_large}: got %v; want 1", got)
+	}
+	dead, err := os.ReadFile(filepath.Join(dir, "ds.ndjson"))
+	if err != nil || string(dead) != huge+"\n" {
+		t.Errorf("dead letter: got %d bytes (err %v); want the huge row", len(dead), err)
+	}
+}
+
+// TestDeadLetterFile: a refused batch is appended to <dir>/<ds>.ndjson, and
+// <dir>/<ds>.errors.jsonl says when, why, and where its rows are.
+func TestDeadLetterFile(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.SetFault(fakebird.ForDatasource("bad", fakebird.Always(fakebird.Response{Status: 400, Body: `{"error":"column x is missing"}`})))
+	dir := t.TempDir()
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DeadLetterDir: dir})
+	h.put(t, buffer.Key{Token: "secret-client-token", Datasource: "bad"}, event(1), event(2))
+	h.put(t, buffer.Key{Token: "t", Datasource: "good"}, event(3))
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := os.ReadFile(filepath.Join(dir, "bad.ndjson"))
+	if err != nil || string(rows) != event(1)+"\n"+event(2)+"\n" {
+		t.Fatalf("bad.ndjson: got %q (err %v)", rows, err)
+	}
+	meta, err := os.ReadFile(filepath.Join(dir, "bad.errors.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec DeadLetter
+	sc := bufio.NewScanner(bytes.NewReader(meta))
+	n := 0
+	for sc.Scan() {
+		n++
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Fatalf("record %q: %v", sc.Text(), err)
+		}
+	}
+	if n != 1 || rec.Datasource != "bad" || rec.Reason != reasonUpstreamRejected || rec.Status != 400 ||
+		rec.Error != "column x is missing" || rec.Rows != 2 || rec.Bytes != len(rows) || rec.Offset != 0 || rec.File != "bad.ndjson" {
+		t.Errorf("got %d records, last %+v", n, rec)
+	}
+	if strings.Contains(string(meta)+string(rows), "secret-client-token") {
+		t.Errorf("a dead letter contains the client's token")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "good.ndjson")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a delivered datasource has a dead-letter file (err %v)", err)
+	}
+	if got := testutil.ToFloat64(h.f.m.deadLettered); got != 2 {
+		t.Errorf("tbproxy_dead_lettered_events_total: got %v; want 2", got)
+	}
+}
+
+// TestRateLimitHold: after an answer with X-RateLimit-Remaining: 0, the
+// datasource's next batch waits for X-RateLimit-Reset instead of earning a
+// 429.
+func TestRateLimitHold(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.SetFault(fakebird.RateLimit(1)) // one request per second per datasource
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond})
+	for i := range 3 {
+		h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(i))
+		waitRows(t, fb, i+1)
+	}
+	if got := fb.StatusCounts()[429]; got != 0 {
+		t.Errorf("earned %d 429s; the proxy should have waited for the reset", got)
+	}
+}
+
+// TestTokenDeniedAfter403: in pass-through mode a token upstream refused is
+// refused by the buffer for that datasource for TokenDenyTTL; other tokens,
+// and the same token for other datasources, are not affected.
+func TestTokenDeniedAfter403(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{"good-token"}})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond, TokenDenyTTL: time.Hour})
+	w := buffer.NewWaiter()
+	if err := h.buf.PutWaiting(buffer.Key{Token: "bad-token", Datasource: "ds"}, [][]byte{[]byte(event(1))}, w); err != nil {
+		t.Fatal(err)
+	}
+	h.put(t, buffer.Key{Token: "good-token", Datasource: "ds"}, event(2))
+	select { // the token is denied before waiting clients are told
+	case <-w.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the bad token's batch never finished")
+	}
+	if _, _, f := w.Result(); f == nil || f.Status != 403 {
+		t.Errorf("waiting client: got failure %+v; want upstream's 403", f)
+	}
+	if err := h.buf.Put(buffer.Key{Token: "bad-token", Datasource: "ds"}, [][]byte{[]byte(event(3))}); !errors.Is(err, buffer.ErrDenied) {
+		t.Errorf("Put with a refused token: got %v; want ErrDenied", err)
+	}
+	if err := h.buf.Put(buffer.Key{Token: "good-token", Datasource: "ds"}, [][]byte{[]byte(event(4))}); err != nil {
+		t.Errorf("Put with a good token: %v", err)
+	}
+	if err := h.buf.Put(buffer.Key{Token: "bad-token", Datasource: "other"}, [][]byte{[]byte(event(5))}); err != nil {
+		t.Errorf("Put with the refused token for another datasource: %v", err)
+	}
+}
