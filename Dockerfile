@@ -11,4 +11,5 @@ COPY --from=build /out/tbproxy /tbproxy
 USER nonroot:nonroot
 EXPOSE 8080
 ENV PORT=8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/tbproxy", "healthcheck"]
 ENTRYPOINT ["/tbproxy"]

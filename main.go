@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -22,12 +23,18 @@ import (
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/config"
 	"github.com/tbproxy/tbproxy/flusher"
+	"github.com/tbproxy/tbproxy/internal/logthrottle"
 	"github.com/tbproxy/tbproxy/proxy"
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "replay" {
-		os.Exit(replay(os.Args[2:]))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "replay":
+			os.Exit(replay(os.Args[2:]))
+		case "healthcheck":
+			os.Exit(healthcheck())
+		}
 	}
 	os.Exit(run())
 }
@@ -57,16 +64,30 @@ func run() int {
 		return 1
 	}
 	_, fileSink := cfg.FileSinkDir()
+	var pass proxy.PassthroughOptions
+	if cfg.Passthrough && !fileSink {
+		pass = proxy.PassthroughOptions{BaseURL: cfg.TinybirdBaseURL, Token: cfg.TinybirdToken, Timeout: cfg.UpstreamTimeout}
+	}
+	var upstreamHealthy func() bool
+	if cfg.ReadyRequiresUpstream {
+		upstreamHealthy = fl.Healthy
+	}
 	srv, err := proxy.New(buf, proxy.Options{
-		MaxBodyBytes:  int(cfg.MaxBodyBytes),
-		PassThrough:   !cfg.ProxyTokenMode() && !fileSink,
-		Tokens:        cfg.AuthorizationTokens,
-		HighWatermark: cfg.BufferHighWatermark,
-		WaitTimeout:   cfg.WaitTimeout,
-		ReadTimeout:   cfg.ReadTimeout,
-		WriteTimeout:  cfg.WriteTimeout,
-		IdleTimeout:   cfg.IdleTimeout,
-		Gatherer:      reg,
+		MaxBodyBytes:    int(cfg.MaxBodyBytes),
+		PassThrough:     !cfg.ProxyTokenMode() && !fileSink,
+		Tokens:          cfg.AuthorizationTokens,
+		HighWatermark:   cfg.BufferHighWatermark,
+		WaitTimeout:     cfg.WaitTimeout,
+		Passthrough:     pass,
+		CORSOrigins:     cfg.CORSAllowedOrigins,
+		MaxDatasources:  cfg.MaxDatasources,
+		MaxConnections:  cfg.MaxConnections,
+		MaxHeaderBytes:  int(cfg.MaxHeaderBytes),
+		UpstreamHealthy: upstreamHealthy,
+		ReadTimeout:     cfg.ReadTimeout,
+		WriteTimeout:    cfg.WriteTimeout,
+		IdleTimeout:     cfg.IdleTimeout,
+		Gatherer:        reg,
 	}, reg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
@@ -150,10 +171,34 @@ func newUpstream(cfg config.Config) (flusher.Upstream, error) {
 	})
 }
 
+// newLogger logs to stderr; a warning repeated more than 5 times in 10s is
+// held back and counted, so an outage never becomes a log storm.
 func newLogger(cfg config.Config) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewJSONHandler(os.Stderr, opts)
 	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+		h = slog.NewTextHandler(os.Stderr, opts)
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	return slog.New(logthrottle.New(h, 10*time.Second, 5))
+}
+
+// healthcheck is for container HEALTHCHECKs in images without curl: it
+// exits 0 when GET /health on this machine's PORT answers 200.
+func healthcheck() int {
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + net.JoinHostPort("127.0.0.1", port) + "/health")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "healthcheck:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(os.Stderr, "healthcheck: /health answered", resp.Status)
+		return 1
+	}
+	return 0
 }

@@ -103,6 +103,29 @@ type Config struct {
 	// off).
 	DeadLetterDir string `env:"DEAD_LETTER_DIR"`
 
+	// Passthrough forwards every path other than the proxy's own to
+	// TINYBIRD_BASE_URL (PASSTHROUGH, true).
+	Passthrough bool `env:"PASSTHROUGH" envDefault:"true"`
+
+	// CORSAllowedOrigins are the origins browsers may call the proxy from
+	// (CORS_ALLOWED_ORIGINS, comma-separated, "*").
+	CORSAllowedOrigins []string `env:"CORS_ALLOWED_ORIGINS" envDefault:"*"`
+
+	// ReadyRequiresUpstream makes /ready answer 503 while upstream attempts
+	// are failing (READY_REQUIRES_UPSTREAM, false).
+	ReadyRequiresUpstream bool `env:"READY_REQUIRES_UPSTREAM" envDefault:"false"`
+
+	// MaxDatasources caps the distinct datasource names accepted since start
+	// (MAX_DATASOURCES, 1000).
+	MaxDatasources int `env:"MAX_DATASOURCES" envDefault:"1000"`
+
+	// MaxConnections caps concurrent client connections (MAX_CONNECTIONS,
+	// 10000).
+	MaxConnections int `env:"MAX_CONNECTIONS" envDefault:"10000"`
+
+	// MaxHeaderBytes caps a request's headers (MAX_HEADER_BYTES, 16KiB).
+	MaxHeaderBytes ByteSize `env:"MAX_HEADER_BYTES" envDefault:"16KiB"`
+
 	// ReadTimeout is the HTTP server's read timeout (READ_TIMEOUT, 30s).
 	ReadTimeout time.Duration `env:"READ_TIMEOUT" envDefault:"30s"`
 
@@ -140,6 +163,7 @@ func Load(environ map[string]string) (Config, error) {
 
 	c.TinybirdToken = strings.TrimSpace(c.TinybirdToken)
 	c.AuthorizationTokens = cleanList(c.AuthorizationTokens)
+	c.CORSAllowedOrigins = cleanList(c.CORSAllowedOrigins)
 	c.LogFormat = strings.ToLower(c.LogFormat)
 	base, err := normalizeBaseURL(c.TinybirdBaseURL)
 	if err != nil {
@@ -202,6 +226,12 @@ func (c Config) LogValue() slog.Value {
 		slog.String("wait_timeout", c.WaitTimeout.String()),
 		slog.String("token_deny_ttl", c.TokenDenyTTL.String()),
 		slog.String("dead_letter_dir", c.DeadLetterDir),
+		slog.Bool("passthrough", c.Passthrough),
+		slog.Any("cors_allowed_origins", c.CORSAllowedOrigins),
+		slog.Bool("ready_requires_upstream", c.ReadyRequiresUpstream),
+		slog.Int("max_datasources", c.MaxDatasources),
+		slog.Int("max_connections", c.MaxConnections),
+		slog.String("max_header_bytes", c.MaxHeaderBytes.String()),
 		slog.String("read_timeout", c.ReadTimeout.String()),
 		slog.String("write_timeout", c.WriteTimeout.String()),
 		slog.String("idle_timeout", c.IdleTimeout.String()),

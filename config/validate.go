@@ -46,6 +46,10 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
 	v.check(c.ShutdownDelay >= 0, "SHUTDOWN_DELAY", "must not be negative, got %s", c.ShutdownDelay)
 	v.positive("WAIT_TIMEOUT", c.WaitTimeout)
+	v.check(c.MaxDatasources >= 1, "MAX_DATASOURCES", "must be at least 1, got %d", c.MaxDatasources)
+	v.check(c.MaxConnections >= 1, "MAX_CONNECTIONS", "must be at least 1, got %d", c.MaxConnections)
+	v.check(c.MaxHeaderBytes >= 1<<10 && c.MaxHeaderBytes <= 1<<20, "MAX_HEADER_BYTES", "must be between 1KiB and 1MiB, got %s", c.MaxHeaderBytes)
+	v.check(len(c.CORSAllowedOrigins) > 0, "CORS_ALLOWED_ORIGINS", "must list at least one origin, or *")
 	v.check(c.TokenDenyTTL >= 0, "TOKEN_DENY_TTL", "must not be negative, got %s", c.TokenDenyTTL)
 	// A zero ReadTimeout or IdleTimeout lets idle keep-alive connections pin
 	// shutdown open (house style §4).

@@ -41,11 +41,16 @@ func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) 
 		f.releaseSlot()
 		f.m.observeAttempt(statusOf(res, err), err == nil, time.Since(start))
 
+		wait, retry := isRetryable(err)
+		if retry {
+			f.lastFailed.Store(time.Now().UnixNano())
+		} else {
+			f.lastOK.Store(time.Now().UnixNano())
+		}
 		if err == nil {
 			f.delivered(b, res, r, attempt, time.Since(start))
 			return
 		}
-		wait, retry := isRetryable(err)
 		if !retry {
 			var se *StatusError
 			if errors.As(err, &se) && se.Status == http.StatusRequestEntityTooLarge && b.Rows > 1 {

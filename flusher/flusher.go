@@ -88,6 +88,9 @@ type Flusher struct {
 	// drainDeadline is set once draining starts (Unix nanoseconds); no
 	// upstream attempt is given a deadline past it.
 	drainDeadline atomic.Int64
+	// lastOK and lastFailed are when an upstream attempt last got an
+	// answer, and last failed in a way worth retrying (Unix nanoseconds).
+	lastOK, lastFailed atomic.Int64
 	// oldestNanos is the Accepted time of the oldest held event, refreshed
 	// by the loop, read by the metrics scrape. Zero when nothing is held.
 	oldestNanos atomic.Int64
@@ -374,6 +377,11 @@ func (f *Flusher) heldBatches() []*Batch {
 	}
 	return out
 }
+
+// Healthy reports whether upstream looks reachable: true until an attempt
+// fails with a network error, a timeout, a 429 or a 5xx, and again once an
+// attempt gets any other answer. Safe for concurrent use.
+func (f *Flusher) Healthy() bool { return f.lastFailed.Load() <= f.lastOK.Load() }
 
 func (f *Flusher) refreshOldest() {
 	var oldest int64

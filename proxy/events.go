@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"errors"
+	"io"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -43,7 +46,14 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	body, release, err := s.decoders.decode(ctx.Request.Header.ContentEncoding(), ctx.Request.Body(), s.opts.MaxBodyBytes)
+	raw, releaseRaw, ok := s.rawBody(ctx)
+	if !ok {
+		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(s.opts.MaxBodyBytes), 0)
+		ctx.SetConnectionClose() // the rest of the body is not read
+		return
+	}
+	defer releaseRaw()
+	body, release, err := s.decoders.decode(ctx.Request.Header.ContentEncoding(), raw, s.opts.MaxBodyBytes)
 	switch {
 	case errors.Is(err, errTooLarge):
 		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(s.opts.MaxBodyBytes), 0)
@@ -83,7 +93,12 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	key := buffer.Key{Datasource: s.names.intern(name)}
+	ds, ok := s.names.intern(name)
+	if !ok {
+		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyTooManyNames, len(lines))
+		return
+	}
+	key := buffer.Key{Datasource: ds}
 	if s.opts.PassThrough {
 		key.Token = string(token)
 	}
@@ -170,6 +185,27 @@ func isTrue(v []byte) bool {
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, reason string, body []byte, events int) {
 	s.m.refused(reason, events)
 	writeError(ctx, status, body)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("request refused", "request_id", requestID(ctx), "status", status, "reason", reason, "events", events)
+	}
+}
+
+// rawBody returns the request body as received, at most MaxBodyBytes. A
+// body fasthttp did not read because it is larger than that arrives as a
+// stream (StreamRequestBody, for passthrough uploads); it is read up to the
+// limit and refused (false) beyond it.
+func (s *Server) rawBody(ctx *fasthttp.RequestCtx) ([]byte, func(), bool) {
+	if !ctx.Request.IsBodyStream() {
+		return ctx.Request.Body(), func() {}, true
+	}
+	buf := s.bodies.Get()
+	release := func() { s.bodies.Put(buf) }
+	n, err := buf.ReadFrom(io.LimitReader(ctx.RequestBodyStream(), int64(s.opts.MaxBodyBytes)+1))
+	if err != nil || n > int64(s.opts.MaxBodyBytes) {
+		release()
+		return nil, nil, false
+	}
+	return buf.B, release, true
 }
 
 // requestToken returns the token from "Authorization: Bearer <t>", else

@@ -23,6 +23,9 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 	case s.draining.Load():
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		ctx.SetBodyString(`{"status":"draining"}`)
+	case s.opts.UpstreamHealthy != nil && !s.opts.UpstreamHealthy():
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString(`{"status":"upstream failing"}`)
 	case fill >= s.opts.HighWatermark:
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		ctx.SetBodyString(`{"status":"buffer above high-water mark","buffer_fill":` + strconv.FormatFloat(fill, 'f', 3, 64) + `}`)

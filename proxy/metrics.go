@@ -7,8 +7,9 @@ import (
 )
 
 const (
-	handlerEvents = "events"
-	handlerOther  = "other" // health, readiness, metrics, unknown paths
+	handlerEvents      = "events"
+	handlerPassthrough = "passthrough" // the rest of Tinybird's API, forwarded
+	handlerOther       = "other"       // health, readiness, metrics, unknown paths
 )
 
 type metrics struct {
@@ -24,7 +25,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tbproxy_http_requests_total",
-			Help: "HTTP requests answered, by handler (events or other) and status code.",
+			Help: "HTTP requests answered, by handler (events, passthrough or other) and status code.",
 		}, []string{"handler", "code"}),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tbproxy_events_accepted_total",

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 )
@@ -43,6 +45,20 @@ type Options struct {
 	WaitTimeout time.Duration
 	// Gatherer is served on GET /metrics; nil serves an empty registry.
 	Gatherer prometheus.Gatherer
+	// Passthrough forwards every other path to Tinybird; a zero value
+	// answers them 404.
+	Passthrough PassthroughOptions
+	// CORSOrigins may call the API from a browser; "*" means any (default).
+	CORSOrigins []string
+	// MaxDatasources caps distinct datasource names since start (default
+	// 1000), so batch state cannot grow without bound; beyond it, 400.
+	MaxDatasources int
+	// MaxConnections caps concurrent connections (default 10000) and
+	// MaxHeaderBytes a request's headers (default 16 KiB).
+	MaxConnections, MaxHeaderBytes int
+	// UpstreamHealthy, when set, is consulted by /ready: false answers 503
+	// (READY_REQUIRES_UPSTREAM).
+	UpstreamHealthy func() bool
 }
 
 func (o *Options) setDefaults() {
@@ -64,6 +80,18 @@ func (o *Options) setDefaults() {
 	if o.WaitTimeout <= 0 {
 		o.WaitTimeout = 10 * time.Second
 	}
+	if len(o.CORSOrigins) == 0 {
+		o.CORSOrigins = []string{"*"}
+	}
+	if o.MaxDatasources <= 0 {
+		o.MaxDatasources = 1000
+	}
+	if o.MaxConnections <= 0 {
+		o.MaxConnections = 10_000
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = 16 << 10
+	}
 	if o.Gatherer == nil {
 		o.Gatherer = prometheus.NewRegistry()
 	}
@@ -83,6 +111,9 @@ type Server struct {
 	lines    sync.Pool // of *[][]byte, reused per request
 	metricsH fasthttp.RequestHandler
 	names    names
+	pass     *passthrough // nil: other paths get 404
+	cors     cors
+	bodies   bytebufferpool.Pool // for request bodies that arrive as a stream
 
 	draining atomic.Bool
 }
@@ -95,25 +126,36 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 	if err != nil {
 		return nil, err
 	}
+	pass, err := newPassthrough(opts.Passthrough)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		buf:      buf,
 		opts:     opts,
 		log:      log,
 		m:        m,
 		metricsH: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})),
-		names:    names{m: make(map[string]string)},
+		names:    names{m: make(map[string]string), max: opts.MaxDatasources},
+		pass:     pass,
+		cors:     newCORS(opts.CORSOrigins),
 	}
 	for _, t := range opts.Tokens {
 		s.tokens = append(s.tokens, []byte(t))
 	}
 	s.srv = &fasthttp.Server{
-		Handler:              s.route,
-		ErrorHandler:         s.readError,
-		Name:                 "tbproxy",
-		ReadTimeout:          opts.ReadTimeout,
-		WriteTimeout:         opts.WriteTimeout,
-		IdleTimeout:          opts.IdleTimeout,
-		MaxRequestBodySize:   opts.MaxBodyBytes,
+		Handler:            s.route,
+		ErrorHandler:       s.readError,
+		Name:               "tbproxy",
+		ReadTimeout:        opts.ReadTimeout,
+		WriteTimeout:       opts.WriteTimeout,
+		IdleTimeout:        opts.IdleTimeout,
+		MaxRequestBodySize: opts.MaxBodyBytes,
+		// Larger bodies (datasource uploads passed through) are streamed to
+		// the handler instead of refused; /v0/events bounds its own read.
+		StreamRequestBody:    true,
+		Concurrency:          opts.MaxConnections,
+		ReadBufferSize:       opts.MaxHeaderBytes,
 		NoDefaultContentType: true,
 		CloseOnShutdown:      true,
 		Logger:               fasthttpLogger{log},
@@ -147,9 +189,15 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 			writeError(ctx, fasthttp.StatusInternalServerError, errorBody("internal error"))
 		}
 	}()
+	setRequestID(ctx)
 	switch string(ctx.Path()) {
 	case "/v0/events":
-		s.events(ctx)
+		s.cors.allowOrigin(ctx)
+		if ctx.IsOptions() {
+			s.cors.preflight(ctx)
+		} else {
+			s.events(ctx)
+		}
 		s.m.request(handlerEvents, ctx.Response.StatusCode())
 		return
 	case "/health", "/v1/liveness":
@@ -159,9 +207,47 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	case "/metrics":
 		s.onlyGet(ctx, s.metricsH)
 	default:
-		writeError(ctx, fasthttp.StatusNotFound, bodyNotFound)
+		s.cors.allowOrigin(ctx)
+		switch {
+		case ctx.IsOptions():
+			s.cors.preflight(ctx)
+		case s.pass != nil:
+			s.forward(ctx)
+			s.m.request(handlerPassthrough, ctx.Response.StatusCode())
+			return
+		default:
+			writeError(ctx, fasthttp.StatusNotFound, bodyNotFound)
+		}
 	}
 	s.m.request(handlerOther, ctx.Response.StatusCode())
+}
+
+// setRequestID echoes the client's X-Request-Id (if short and printable) or
+// makes one from the connection and request numbers, so a log line and a
+// client's report can be matched.
+func setRequestID(ctx *fasthttp.RequestCtx) {
+	if id := ctx.Request.Header.Peek("X-Request-Id"); len(id) > 0 && len(id) <= 128 && printable(id) {
+		ctx.Response.Header.SetBytesV("X-Request-Id", id)
+		return
+	}
+	var b [40]byte
+	id := strconv.AppendUint(b[:0], ctx.ConnID(), 36)
+	id = append(id, '-')
+	id = strconv.AppendUint(id, ctx.ConnRequestNum(), 36)
+	ctx.Response.Header.SetBytesV("X-Request-Id", id)
+}
+
+func requestID(ctx *fasthttp.RequestCtx) string {
+	return string(ctx.Response.Header.Peek("X-Request-Id"))
+}
+
+func printable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) onlyGet(ctx *fasthttp.RequestCtx, h fasthttp.RequestHandler) {
@@ -192,29 +278,34 @@ func (s *Server) readError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // names interns datasource names, so a request for a known datasource
-// allocates no string for it. Safe for concurrent use.
+// allocates no string for it, and caps how many there may be: names come
+// from clients, and each one costs batch state. Safe for concurrent use.
 type names struct {
-	mu sync.RWMutex // protects m
-	m  map[string]string
+	mu  sync.RWMutex // protects m
+	m   map[string]string
+	max int
 }
 
-// maxInterned bounds the table; names beyond it are allocated per request.
-const maxInterned = 10_000
-
-func (n *names) intern(b []byte) string {
+// intern returns the name as a string, or false if it is new and the table
+// is full.
+func (n *names) intern(b []byte) (string, bool) {
 	n.mu.RLock()
 	s, ok := n.m[string(b)] // no allocation: the compiler special-cases this lookup
 	n.mu.RUnlock()
 	if ok {
-		return s
+		return s, true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s, ok := n.m[string(b)]; ok {
+		return s, true
+	}
+	if len(n.m) >= n.max {
+		return "", false
 	}
 	s = string(b)
-	n.mu.Lock()
-	if len(n.m) < maxInterned {
-		n.m[s] = s
-	}
-	n.mu.Unlock()
-	return s
+	n.m[s] = s
+	return s, true
 }
 
 // fasthttpLogger routes fasthttp's own messages to slog at debug level.
