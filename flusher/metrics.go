@@ -100,6 +100,10 @@ func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer, oldest func() tim
 	for _, r := range dropReasons {
 		m.dropped.WithLabelValues(r)
 	}
+	// Present from the start, so dashboards and rate() see zeros, not gaps.
+	for _, code := range []string{"200", "202", "429", "500", "503", "error"} {
+		m.upstreamRequests.WithLabelValues(code)
+	}
 	cs := []prometheus.Collector{
 		m.upstreamRequests, m.upstreamDuration, m.retries, m.delivered, m.quarantined,
 		m.dropped, m.batchEvents, m.batchBytes, m.inflight, m.splits, m.deadLettered, m.deadLetterErrors,

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/tbproxy/tbproxy/internal/fakebird"
+)
+
+// TestE2EHealthcheck: the healthcheck subcommand, which container images use
+// instead of curl, exits 0 while the server answers /health and 1 when it
+// does not, finding it through PORT.
+func TestE2EHealthcheck(t *testing.T) {
+	t.Parallel()
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	c := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL()})
+	u, _ := url.Parse(c.base)
+	run := func(port string) int {
+		cmd, _ := command(t, map[string]string{"PORT": port})
+		cmd.Args = []string{cmd.Path, "healthcheck"}
+		_ = cmd.Run()
+		return cmd.ProcessState.ExitCode()
+	}
+	if code := run(u.Port()); code != 0 {
+		t.Errorf("healthcheck against a running proxy exited %d; want 0", code)
+	}
+	c.sigterm()
+	if code := c.exitStatus(20e9); code != 0 {
+		t.Fatalf("proxy exited %d", code)
+	}
+	if code := run(u.Port()); code != 1 {
+		t.Errorf("healthcheck with nothing listening exited %d; want 1", code)
+	}
+}
+
+// TestE2EMetricsMatchREADME: /metrics exposes every metric the README's
+// table lists, and the table lists every tbproxy_ metric /metrics exposes.
+func TestE2EMetricsMatchREADME(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := strings.Index(string(readme), "## Metrics")
+	end := strings.Index(string(readme)[start+1:], "\n## ")
+	table := string(readme)[start : start+1+end]
+	var documented []string
+	for _, m := range regexp.MustCompile("`(tbproxy_[a-z_]+)").FindAllStringSubmatch(table, -1) {
+		documented = append(documented, m[1])
+	}
+	slices.Sort(documented)
+	documented = slices.Compact(documented)
+
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	c := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL()})
+	resp, err := http.Get(c.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var exposed []string
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (tbproxy_[a-z_]+) `).FindAllStringSubmatch(string(body), -1) {
+		exposed = append(exposed, m[1])
+	}
+	slices.Sort(exposed)
+	for _, m := range documented {
+		if _, found := slices.BinarySearch(exposed, m); !found {
+			t.Errorf("README lists %s; /metrics does not expose it", m)
+		}
+	}
+	for _, m := range exposed {
+		if _, found := slices.BinarySearch(documented, m); !found {
+			t.Errorf("/metrics exposes %s; the README's table does not list it", m)
+		}
+	}
+	if len(exposed) < 20 {
+		t.Errorf("only %d tbproxy_ metrics exposed: %v", len(exposed), exposed)
+	}
+}

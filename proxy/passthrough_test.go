@@ -1,0 +1,273 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+// seen is what the fake Tinybird API saw of one forwarded request.
+type seen struct {
+	method, path, query, auth string
+	header                    http.Header
+	bodyLen                   int
+	bodySum                   [32]byte
+}
+
+// fakeAPI stands in for Tinybird's non-ingest API: it records each request
+// and answers a pipe query with a large streamed body and rate-limit headers.
+func fakeAPI(t *testing.T) (*httptest.Server, func() []seen) {
+	t.Helper()
+	var mu sync.Mutex
+	var log []seen
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, _ := io.Copy(h, r.Body)
+		var sum [32]byte
+		copy(sum[:], h.Sum(nil))
+		mu.Lock()
+		log = append(log, seen{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Authorization"), r.Header.Clone(), int(n), sum})
+		mu.Unlock()
+		switch {
+		case r.URL.Path == "/v0/pipes/top.json":
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("X-RateLimit-Limit", "100")
+			w.Header().Set("X-RateLimit-Remaining", "99")
+			w.Header().Set("Access-Control-Allow-Origin", "https://upstream.example") // must not reach the client twice
+			w.WriteHeader(200)
+			for i := range 50_000 { // ~1.5 MB, written in pieces: streamed, not buffered
+				io.WriteString(w, `{"row":`+strings.Repeat("7", 20)+`}`+"\n")
+				if i%10_000 == 0 {
+					w.(http.Flusher).Flush()
+				}
+			}
+		case r.URL.Path == "/v0/slow":
+			time.Sleep(2 * time.Second)
+		case r.URL.Path == "/v0/limited":
+			w.Header().Set("Retry-After", "7")
+			w.WriteHeader(429)
+			io.WriteString(w, `{"error":"rate limited"}`)
+		default:
+			w.WriteHeader(201)
+			io.WriteString(w, `{"ok":true}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []seen { mu.Lock(); defer mu.Unlock(); return append([]seen(nil), log...) }
+}
+
+func TestPassthrough(t *testing.T) {
+	api, requests := fakeAPI(t)
+	ts := startServer(t, Options{
+		Tokens:       []string{clientToken},
+		MaxBodyBytes: 1 << 20,
+		Passthrough:  PassthroughOptions{BaseURL: api.URL, Token: "tb-upstream", Timeout: time.Second},
+	}, buffer.Options{})
+
+	t.Run("GET pipe, streamed, headers preserved, token swapped", func(t *testing.T) {
+		res := ts.do(t, "GET", "/v0/pipes/top.json?limit=5&token="+clientToken, map[string]string{"Origin": "https://app.example"}, nil)
+		if res.status != 200 || strings.Count(res.body, "\n") != 50_000 {
+			t.Fatalf("got %d with %d lines; want 200 and all 50000", res.status, strings.Count(res.body, "\n"))
+		}
+		if res.header.Get("X-RateLimit-Remaining") != "99" || res.header.Get("Content-Type") != "application/json" {
+			t.Errorf("upstream headers lost: %v", res.header)
+		}
+		if got := res.header.Values("Access-Control-Allow-Origin"); len(got) != 1 || got[0] != "*" {
+			t.Errorf("Access-Control-Allow-Origin: got %q; want only the proxy's *", got)
+		}
+		r := requests()[len(requests())-1]
+		if r.query != "limit=5" || r.auth != "Bearer tb-upstream" {
+			t.Errorf("upstream saw query %q auth %q; want the client token replaced by the proxy's", r.query, r.auth)
+		}
+	})
+	t.Run("POST body and status preserved", func(t *testing.T) {
+		res := ts.do(t, "POST", "/v0/sql", map[string]string{"Authorization": bearer, "Content-Type": "text/plain"}, []byte("SELECT 1"))
+		if res.status != 201 || res.body != `{"ok":true}` {
+			t.Errorf("got %d %s; want upstream's 201 and body", res.status, res.body)
+		}
+		r := requests()[len(requests())-1]
+		if r.method != "POST" || r.path != "/v0/sql" || r.bodyLen != 8 || r.header.Get("Content-Type") != "text/plain" {
+			t.Errorf("upstream saw %+v", r)
+		}
+	})
+	t.Run("upload larger than MAX_BODY_BYTES streams through", func(t *testing.T) {
+		big := bytes.Repeat([]byte("a,b,c\n"), 1_000_000) // 6 MB > 1 MiB
+		res := ts.do(t, "POST", "/v0/datasources?name=x&mode=append&format=csv", map[string]string{"Authorization": bearer}, big)
+		if res.status != 201 {
+			t.Fatalf("got %d %s; want 201", res.status, res.body)
+		}
+		r := requests()[len(requests())-1]
+		if r.bodyLen != len(big) || r.bodySum != sha256.Sum256(big) {
+			t.Errorf("upstream got %d bytes; want all %d, intact", r.bodyLen, len(big))
+		}
+	})
+	t.Run("429 and Retry-After come back", func(t *testing.T) {
+		res := ts.do(t, "GET", "/v0/limited", map[string]string{"Authorization": bearer}, nil)
+		if res.status != 429 || res.header.Get("Retry-After") != "7" {
+			t.Errorf("got %d Retry-After %q; want 429 and 7", res.status, res.header.Get("Retry-After"))
+		}
+	})
+	t.Run("wrong proxy token", func(t *testing.T) {
+		n := len(requests())
+		res := ts.do(t, "GET", "/v0/pipes/top.json", map[string]string{"Authorization": "Bearer nope"}, nil)
+		if res.status != 403 || len(requests()) != n {
+			t.Errorf("got %d and %d forwarded; want 403 and nothing forwarded", res.status, len(requests())-n)
+		}
+	})
+	t.Run("upstream too slow", func(t *testing.T) {
+		res := ts.do(t, "GET", "/v0/slow", map[string]string{"Authorization": bearer}, nil)
+		if res.status != 504 || res.body != string(bodyUpstreamTimeout) {
+			t.Errorf("got %d %s; want a JSON 504", res.status, res.body)
+		}
+	})
+}
+
+// TestPassthroughStreamsResponses: the client reads the first part of a
+// response while upstream has not yet sent the rest, which a proxy that
+// buffers whole bodies cannot do.
+func TestPassthroughStreamsResponses(t *testing.T) {
+	release := make(chan struct{})
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "first\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+		io.WriteString(w, "second\n")
+	}))
+	defer api.Close()
+	defer close(release)
+	ts := startServer(t, Options{PassThrough: true, Passthrough: PassthroughOptions{BaseURL: api.URL}}, buffer.Options{})
+	resp, err := http.Get(ts.url + "/v0/pipes/live.json?token=t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got := make(chan string, 1)
+	go func() {
+		b := make([]byte, 6)
+		_, err := io.ReadFull(resp.Body, b)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(b)
+	}()
+	select {
+	case s := <-got:
+		if s != "first\n" {
+			t.Fatalf("got %q; want the first part", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first part did not arrive before upstream finished: the response is buffered")
+	}
+}
+
+func TestPassthroughPassesClientToken(t *testing.T) {
+	api, requests := fakeAPI(t)
+	ts := startServer(t, Options{PassThrough: true, Passthrough: PassthroughOptions{BaseURL: api.URL}}, buffer.Options{})
+	ts.do(t, "GET", "/v0/pipes/x.json?token=client-own&q=1", nil, nil)
+	if r := requests()[0]; r.query != "token=client-own&q=1" {
+		t.Errorf("upstream saw query %q; want the client's token untouched", r.query)
+	}
+}
+
+func TestPassthroughUpstreamDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	ts := startServer(t, Options{PassThrough: true, Passthrough: PassthroughOptions{BaseURL: "http://" + addr}}, buffer.Options{})
+	res := ts.do(t, "GET", "/v0/pipes/x.json", map[string]string{"Authorization": "Bearer t"}, nil)
+	if res.status != 502 || res.body != string(bodyUpstreamDown) {
+		t.Errorf("got %d %s; want a JSON 502", res.status, res.body)
+	}
+}
+
+func TestPassthroughOff(t *testing.T) {
+	ts := startServer(t, Options{PassThrough: true}, buffer.Options{})
+	if res := ts.do(t, "GET", "/v0/pipes/x.json", map[string]string{"Authorization": "Bearer t"}, nil); res.status != 404 || res.body != `{"error":"not found"}` {
+		t.Errorf("got %d %s; want a JSON 404", res.status, res.body)
+	}
+}
+
+func TestCORS(t *testing.T) {
+	ts := startServer(t, Options{Tokens: []string{clientToken}}, buffer.Options{})
+	pre := ts.do(t, "OPTIONS", "/v0/events?name=ds", map[string]string{
+		"Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+		"Access-Control-Request-Headers": "content-type",
+	}, nil)
+	if pre.status != 204 || pre.header.Get("Access-Control-Allow-Origin") != "*" ||
+		!strings.Contains(pre.header.Get("Access-Control-Allow-Methods"), "POST") ||
+		pre.header.Get("Access-Control-Allow-Headers") != "content-type" {
+		t.Errorf("preflight: got %d %v", pre.status, pre.header)
+	}
+	for _, tok := range []string{clientToken, "wrong"} {
+		res := ts.do(t, "POST", "/v0/events?name=ds&token="+tok, map[string]string{"Origin": "https://shop.example", "Content-Type": "application/json"}, []byte(`{"a":1}`))
+		if res.header.Get("Access-Control-Allow-Origin") != "*" {
+			t.Errorf("POST answered %d without Access-Control-Allow-Origin", res.status)
+		}
+	}
+
+	only := startServer(t, Options{CORSOrigins: []string{"https://shop.example"}}, buffer.Options{})
+	res := only.do(t, "POST", "/v0/events?name=ds", map[string]string{"Origin": "https://shop.example"}, []byte(`{"a":1}`))
+	if res.header.Get("Access-Control-Allow-Origin") != "https://shop.example" || res.header.Get("Vary") != "Origin" {
+		t.Errorf("listed origin: got %v", res.header)
+	}
+	res = only.do(t, "OPTIONS", "/v0/events?name=ds", map[string]string{"Origin": "https://evil.example"}, nil)
+	if res.status != 403 || res.header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("unlisted origin preflight: got %d %v; want 403 without Allow-Origin", res.status, res.header)
+	}
+}
+
+func TestMaxDatasources(t *testing.T) {
+	ts := startServer(t, Options{MaxDatasources: 2}, buffer.Options{})
+	for _, ds := range []string{"a", "b", "a", "b"} {
+		if res := ts.do(t, "POST", "/v0/events?name="+ds, nil, []byte(`{}`)); res.status != 202 {
+			t.Fatalf("%s: got %d; want 202", ds, res.status)
+		}
+	}
+	res := ts.do(t, "POST", "/v0/events?name=c", nil, []byte(`{}`))
+	if res.status != 400 || !strings.Contains(res.body, "MAX_DATASOURCES") {
+		t.Errorf("third datasource: got %d %s; want 400 naming MAX_DATASOURCES", res.status, res.body)
+	}
+}
+
+func TestReadyFollowsUpstream(t *testing.T) {
+	var healthy bool
+	var mu sync.Mutex
+	ts := startServer(t, Options{UpstreamHealthy: func() bool { mu.Lock(); defer mu.Unlock(); return healthy }}, buffer.Options{})
+	if res := ts.do(t, "GET", "/ready", nil, nil); res.status != 503 || res.body != `{"status":"upstream failing"}` {
+		t.Errorf("failing upstream: got %d %s; want 503", res.status, res.body)
+	}
+	mu.Lock()
+	healthy = true
+	mu.Unlock()
+	if res := ts.do(t, "GET", "/ready", nil, nil); res.status != 200 {
+		t.Errorf("healthy upstream: got %d; want 200", res.status)
+	}
+}
+
+func TestRequestID(t *testing.T) {
+	ts := startServer(t, Options{}, buffer.Options{})
+	a := ts.do(t, "POST", "/v0/events", nil, nil)
+	b := ts.do(t, "POST", "/v0/events", nil, nil)
+	if a.header.Get("X-Request-Id") == "" || a.header.Get("X-Request-Id") == b.header.Get("X-Request-Id") {
+		t.Errorf("request ids %q and %q; want distinct ids", a.header.Get("X-Request-Id"), b.header.Get("X-Request-Id"))
+	}
+	if c := ts.do(t, "GET", "/health", map[string]string{"X-Request-Id": "trace-123"}, nil); c.header.Get("X-Request-Id") != "trace-123" {
+		t.Errorf("client's id not echoed: %q", c.header.Get("X-Request-Id"))
+	}
+}
