@@ -209,13 +209,28 @@ func (s *stream) seal() {
 }
 
 // next removes and returns the batch to send now, or nil.
-func (s *stream) next() *Batch {
+// A backlog (batches sealed by the interval while upstream was slow or
+// down) is merged into as few requests as the policy's limits allow, so a
+// stream catches up in large requests instead of one interval's worth at a
+// time.
+func (s *stream) next(p policy) *Batch {
 	if s.inflight != nil || len(s.ready) == 0 {
 		return nil
 	}
 	b := s.ready[0]
-	s.ready[0] = nil
-	s.ready = s.ready[1:]
+	n := 1
+	for ; n < len(s.ready); n++ {
+		c := s.ready[n]
+		if b.Rows+c.Rows > p.rows || b.Bytes+c.Bytes > p.bytes {
+			break
+		}
+		b.parts = append(b.parts, c.parts...)
+		b.Rows += c.Rows
+		b.Bytes += c.Bytes
+		b.first = min(b.first, c.first)
+	}
+	clear(s.ready[:n])
+	s.ready = s.ready[n:]
 	s.inflight = b
 	return b
 }

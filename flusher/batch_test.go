@@ -2,6 +2,7 @@ package flusher
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -85,7 +86,7 @@ func TestRetryAfter(t *testing.T) {
 	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 	f := func(h map[string]string, want time.Duration) {
 		t.Helper()
-		got := retryAfter(func(k string) string { return h[k] }, now)
+		got := retryAfter(func(k string) string { return h[k] }, now, true)
 		if got != want {
 			t.Errorf("retryAfter(%v) = %s; want %s", h, got, want)
 		}
@@ -98,6 +99,10 @@ func TestRetryAfter(t *testing.T) {
 	f(map[string]string{"Retry-After": "junk", "X-RateLimit-Reset": "4"}, 4*time.Second)
 	f(map[string]string{"Retry-After": "999999"}, maxRetryAfter)
 	f(map[string]string{"Retry-After": "-5"}, 0)
+	// A 500 carries the rate-limit headers too; they do not mean "wait".
+	if got := retryAfter(func(k string) string { return map[string]string{"X-RateLimit-Reset": "9"}[k] }, now, false); got != 0 {
+		t.Errorf("not rate-limited, X-RateLimit-Reset: 9: got %s; want 0 (own backoff)", got)
+	}
 }
 
 func TestClassify(t *testing.T) {
@@ -128,5 +133,24 @@ func TestBackoffBounded(t *testing.T) {
 		if d < 5*time.Second || d > time.Minute {
 			t.Fatalf("backoff(%d) = %s; want within [5s, 1m]", attempt, d)
 		}
+	}
+}
+
+// TestBacklogMerged: batches sealed one interval at a time while a stream
+// waited are sent together, up to the batch limits.
+func TestBacklogMerged(t *testing.T) {
+	p := policy{rows: 10, bytes: 1 << 20, interval: time.Hour}
+	s := &stream{key: buffer.Key{Datasource: "ds"}}
+	for range 7 { // seven interval-sealed batches of 3 rows each
+		s.add(buffer.Entry{Data: []byte("{}\n{}\n{}\n"), Rows: 3, Accepted: 1}, p, time.Now())
+		s.seal()
+	}
+	var sizes []int
+	for b := s.next(p); b != nil; b = s.next(p) {
+		sizes = append(sizes, b.Rows)
+		s.inflight = nil
+	}
+	if fmt.Sprint(sizes) != "[9 9 3]" {
+		t.Errorf("rows per request: got %v; want [9 9 3]", sizes)
 	}
 }

@@ -286,7 +286,7 @@ func (f *Flusher) startSends(ctx context.Context) {
 		}
 		started++
 		s.runnable = false
-		b := s.next()
+		b := s.next(f.policy)
 		if b == nil {
 			f.releaseSlot()
 			continue

@@ -112,7 +112,7 @@ func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
 				return ""
 			}
 			return string(resp.Header.Peek(k))
-		}, time.Now())
+		}, time.Now(), true)
 	}
 	return res, nil
 }

@@ -68,7 +68,7 @@ func classify(status int, body []byte, header func(string) string, now time.Time
 		return &RetryableError{
 			Err:        fmt.Errorf("upstream answered %d: %s", status, errorText(body)),
 			Status:     status,
-			RetryAfter: retryAfter(header, now),
+			RetryAfter: retryAfter(header, now, status == http.StatusTooManyRequests),
 		}
 	default:
 		return &StatusError{Status: status, Message: errorText(body)}
@@ -79,10 +79,12 @@ func classify(status int, body []byte, header func(string) string, now time.Time
 // header cannot park a batch for a day.
 const maxRetryAfter = 5 * time.Minute
 
-// retryAfter reads Retry-After (seconds or an HTTP date) and falls back to
-// X-RateLimit-Reset (seconds), as Tinybird's docs describe both. It returns 0
-// when neither is usable.
-func retryAfter(header func(string) string, now time.Time) time.Duration {
+// retryAfter reads Retry-After (seconds or an HTTP date) and, when
+// rateLimited, falls back to X-RateLimit-Reset (seconds), as Tinybird's docs
+// describe both. Tinybird sends the rate-limit headers with every answer, so
+// the reset only means "wait" for a 429 (or a spent window), not for a 500.
+// It returns 0 when nothing usable applies.
+func retryAfter(header func(string) string, now time.Time, rateLimited bool) time.Duration {
 	var d time.Duration
 	if v := strings.TrimSpace(header("Retry-After")); v != "" {
 		if secs, err := strconv.Atoi(v); err == nil {
@@ -91,7 +93,7 @@ func retryAfter(header func(string) string, now time.Time) time.Duration {
 			d = t.Sub(now)
 		}
 	}
-	if d <= 0 {
+	if d <= 0 && rateLimited {
 		if v := strings.TrimSpace(header("X-RateLimit-Reset")); v != "" {
 			if secs, err := strconv.ParseFloat(v, 64); err == nil {
 				d = time.Duration(secs * float64(time.Second))
