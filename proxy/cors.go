@@ -38,10 +38,11 @@ func (c cors) allowOrigin(ctx *fasthttp.RequestCtx) bool {
 		h.Set(fasthttp.HeaderAccessControlAllowOrigin, "*")
 		return true
 	}
+	// The answer depends on Origin, so caches must key on it, match or not.
+	h.Set(fasthttp.HeaderVary, fasthttp.HeaderOrigin)
 	for _, o := range c.origins {
 		if bytes.Equal(o, origin) {
 			h.SetBytesV(fasthttp.HeaderAccessControlAllowOrigin, origin)
-			h.Add(fasthttp.HeaderVary, fasthttp.HeaderOrigin)
 			return true
 		}
 	}
@@ -49,9 +50,10 @@ func (c cors) allowOrigin(ctx *fasthttp.RequestCtx) bool {
 }
 
 // preflight answers OPTIONS: 204 with what the browser asked for, or 403 for
-// an origin that is not allowed.
-func (c cors) preflight(ctx *fasthttp.RequestCtx) {
-	if !c.allowOrigin(ctx) {
+// an origin that is not allowed. allowed is allowOrigin's answer for the
+// request, which the caller already applied.
+func (c cors) preflight(ctx *fasthttp.RequestCtx, allowed bool) {
+	if !allowed {
 		writeError(ctx, fasthttp.StatusForbidden, bodyOriginDenied)
 		return
 	}

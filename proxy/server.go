@@ -186,15 +186,16 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 		if p := recover(); p != nil {
 			s.log.Error("panic in handler", "path", string(ctx.Path()), "panic", fmt.Sprint(p))
 			ctx.Response.Reset()
+			s.cors.allowOrigin(ctx) // so a browser can read the error too
 			writeError(ctx, fasthttp.StatusInternalServerError, errorBody("internal error"))
 		}
 	}()
 	setRequestID(ctx)
 	switch string(ctx.Path()) {
 	case "/v0/events":
-		s.cors.allowOrigin(ctx)
+		allowed := s.cors.allowOrigin(ctx)
 		if ctx.IsOptions() {
-			s.cors.preflight(ctx)
+			s.cors.preflight(ctx, allowed)
 		} else {
 			s.events(ctx)
 		}
@@ -207,10 +208,10 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	case "/metrics":
 		s.onlyGet(ctx, s.metricsH)
 	default:
-		s.cors.allowOrigin(ctx)
+		allowed := s.cors.allowOrigin(ctx)
 		switch {
 		case ctx.IsOptions():
-			s.cors.preflight(ctx)
+			s.cors.preflight(ctx, allowed)
 		case s.pass != nil:
 			s.forward(ctx)
 			s.m.request(handlerPassthrough, ctx.Response.StatusCode())
