@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tbproxy/tbproxy/internal/fakebird"
 )
@@ -82,5 +83,45 @@ func TestE2EMetricsMatchREADME(t *testing.T) {
 	}
 	if len(exposed) < 20 {
 		t.Errorf("only %d tbproxy_ metrics exposed: %v", len(exposed), exposed)
+	}
+}
+
+// TestE2EShutdownDelay: after SIGTERM /ready answers 503 at once, while
+// writes are still accepted for SHUTDOWN_DELAY, so a load balancer can take
+// the instance out of rotation before it stops taking writes.
+func TestE2EShutdownDelay(t *testing.T) {
+	t.Parallel()
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	c := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "SHUTDOWN_DELAY": "3s", "FLUSH_INTERVAL": "50"})
+	c.sigterm()
+	client := &http.Client{}
+	var readyStatus int
+	for range 100 { // the signal is handled asynchronously; /ready turns within moments
+		resp, err := client.Get(c.base + "/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if readyStatus = resp.StatusCode; readyStatus == 503 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if readyStatus != 503 {
+		t.Fatalf("/ready after SIGTERM: got %d; want 503", readyStatus)
+	}
+	resp, err := client.Post(c.base+"/v0/events?name=late&token=t", "application/json", strings.NewReader(`{"during":"delay"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Errorf("write during SHUTDOWN_DELAY: got %d; want 202", resp.StatusCode)
+	}
+	if code := c.exitStatus(20 * time.Second); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+	if fb.RowCountFor("late") != 1 {
+		t.Errorf("the write accepted during the delay was not delivered")
 	}
 }
