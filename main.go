@@ -66,7 +66,9 @@ func run() int {
 	_, fileSink := cfg.FileSinkDir()
 	var pass proxy.PassthroughOptions
 	if cfg.Passthrough && !fileSink {
-		pass = proxy.PassthroughOptions{BaseURL: cfg.TinybirdBaseURL, Token: cfg.TinybirdToken, Timeout: cfg.UpstreamTimeout}
+		pass = proxy.PassthroughOptions{BaseURL: cfg.TinybirdBaseURL, Token: cfg.TinybirdToken, Timeout: cfg.UpstreamTimeout,
+			// An open proxy must not let anyone truncate datasources with TINYBIRD_TOKEN.
+			ReadOnly: cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0}
 	}
 	var upstreamHealthy func() bool
 	if cfg.ReadyRequiresUpstream {
@@ -99,7 +101,7 @@ func run() int {
 		return 1
 	}
 	if cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0 {
-		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this proxy can write with its TINYBIRD_TOKEN")
+		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this proxy can write events and read the rest of the API with its TINYBIRD_TOKEN")
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "config", cfg)
 

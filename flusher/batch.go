@@ -91,23 +91,32 @@ func (b *Batch) split() (*Batch, *Batch) {
 }
 
 // finishWaiters tells every waiting client in the batch its outcome. A
-// batch's quarantined rows cannot be traced to requests, so each request is
-// told its share, rounded down; rows upstream did not count are neither.
+// batch's quarantined rows cannot be traced to the requests they came from,
+// so they are shared out in proportion to each piece's rows, by cumulative
+// rounding so the shares add up exactly to upstream's count; the rest of a
+// piece's rows are successful. If upstream counted fewer rows than were
+// sent (a short ack), successful rows are shared out the same way.
 func (b *Batch) finishWaiters(res Result, f *buffer.Failure) {
+	short := res.SuccessfulRows+res.QuarantinedRows < b.Rows
+	var rows, doneS, doneQ int
 	for _, p := range b.parts {
-		if p.w == nil {
-			continue
-		}
-		if f != nil {
-			p.w.Finish(0, 0, f)
-			continue
-		}
-		q := p.rows * res.QuarantinedRows / b.Rows
+		rows += p.rows
+		upToQ := rows * res.QuarantinedRows / b.Rows
+		q := upToQ - doneQ
+		doneQ = upToQ
 		s := p.rows - q
-		if res.SuccessfulRows+res.QuarantinedRows < b.Rows {
-			s = p.rows * res.SuccessfulRows / b.Rows
+		if short {
+			upToS := rows * res.SuccessfulRows / b.Rows
+			s = min(upToS-doneS, p.rows-q)
+			doneS = upToS
 		}
-		p.w.Finish(s, q, nil)
+		switch {
+		case p.w == nil:
+		case f != nil:
+			p.w.Finish(0, 0, f)
+		default:
+			p.w.Finish(s, q, nil)
+		}
 	}
 }
 

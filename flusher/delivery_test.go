@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -144,5 +145,116 @@ func TestTokenDeniedAfter403(t *testing.T) {
 	}
 	if err := h.buf.Put(buffer.Key{Token: "bad-token", Datasource: "other"}, [][]byte{[]byte(event(5))}); err != nil {
 		t.Errorf("Put with the refused token for another datasource: %v", err)
+	}
+}
+
+func putWaiting(t *testing.T, buf *buffer.Buffer, k buffer.Key, lines ...string) *buffer.Waiter {
+	t.Helper()
+	w := buffer.NewWaiter()
+	ls := make([][]byte, len(lines))
+	for i, l := range lines {
+		ls[i] = []byte(l)
+	}
+	if err := buf.PutWaiting(k, ls, w); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func waitDone(t *testing.T, w *buffer.Waiter) (successful, quarantined int, f *buffer.Failure) {
+	t.Helper()
+	select {
+	case <-w.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("a waiting request was never told its outcome")
+	}
+	return w.Result()
+}
+
+// TestWaitersThrough413: requests whose rows are split across several
+// upstream requests after 413s are each told their own full row count.
+func TestWaitersThrough413(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{MaxBodyBytes: 3 * int64(len(event(10))+1)})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 20 * time.Millisecond})
+	var ws []*buffer.Waiter
+	for i := range 7 {
+		ws = append(ws, putWaiting(t, h.buf, buffer.Key{Token: "t", Datasource: "ds"}, event(10*i), event(10*i+1), event(10*i+2)))
+	}
+	for i, w := range ws {
+		if s, q, f := waitDone(t, w); s != 3 || q != 0 || f != nil {
+			t.Errorf("request %d: told %d successful, %d quarantined, failure %+v; want 3, 0, none", i, s, q, f)
+		}
+	}
+	if fb.RowCount() != 21 || fb.StatusCounts()[413] == 0 {
+		t.Errorf("upstream: %d rows, statuses %v; want 21 rows after some 413s", fb.RowCount(), fb.StatusCounts())
+	}
+}
+
+// TestShutdownTimeoutTellsWaitersAndDeadLetters: at a shutdown timeout every
+// waiting client is told (503), and every held row is dead-lettered once.
+func TestShutdownTimeoutTellsWaitersAndDeadLetters(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.SetFault(fakebird.Always(fakebird.Response{Status: 500}))
+	dir := t.TempDir()
+	h := startFlusher(t, newTinybird(t, fb), Options{
+		FlushInterval: time.Hour, BatchRows: 2, DrainTimeout: 300 * time.Millisecond, DeadLetterDir: dir, Concurrency: 1,
+	})
+	var ws []*buffer.Waiter
+	var want []string
+	for i := range 10 {
+		l := []string{event(3 * i), event(3*i + 1), event(3*i + 2)}
+		want = append(want, l...)
+		ws = append(ws, putWaiting(t, h.buf, buffer.Key{Token: "t", Datasource: fmt.Sprintf("ds%d", i%3)}, l...))
+	}
+	if err := h.stop(t); !errors.Is(err, ErrUndelivered) {
+		t.Fatalf("Run: got %v; want ErrUndelivered", err)
+	}
+	for i, w := range ws {
+		if _, _, f := waitDone(t, w); f == nil || f.Status != 503 || f.Reason != reasonShutdownTimeout {
+			t.Errorf("request %d: failure %+v; want 503 shutdown_timeout", i, f)
+		}
+	}
+	var dead []string
+	for i := range 3 {
+		b, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("ds%d.ndjson", i)))
+		for l := range strings.Lines(string(b)) {
+			dead = append(dead, strings.TrimSuffix(l, "\n"))
+		}
+	}
+	slices.Sort(dead)
+	slices.Sort(want)
+	if !slices.Equal(dead, want) {
+		t.Errorf("dead letters: got %d rows; want each of the %d held rows once", len(dead), len(want))
+	}
+	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonShutdownTimeout)); got != 30 {
+		t.Errorf("dropped{reason=shutdown_timeout}: got %v; want 30", got)
+	}
+}
+
+// TestQuarantineShared: when upstream quarantines rows of a batch that
+// carries several waiting requests, the requests' counts add up to
+// upstream's and each request's counts add up to its rows.
+func TestQuarantineShared(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.Script(fakebird.Response{Status: 200, Body: `{"successful_rows":2,"quarantined_rows":1}`})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 200 * time.Millisecond})
+	ws := []*buffer.Waiter{
+		putWaiting(t, h.buf, buffer.Key{Token: "t", Datasource: "ds"}, event(1)),
+		putWaiting(t, h.buf, buffer.Key{Token: "t", Datasource: "ds"}, event(2)),
+		putWaiting(t, h.buf, buffer.Key{Token: "t", Datasource: "ds"}, event(3)),
+	}
+	totalS, totalQ := 0, 0
+	for i, w := range ws {
+		s, q, f := waitDone(t, w)
+		if f != nil || s+q != 1 {
+			t.Errorf("request %d: told %d+%d (failure %+v); want its 1 row accounted for", i, s, q, f)
+		}
+		totalS, totalQ = totalS+s, totalQ+q
+	}
+	if fb.RequestCount() != 1 {
+		t.Fatalf("%d upstream requests; the three rows were meant to share one batch", fb.RequestCount())
+	}
+	if totalS != 2 || totalQ != 1 {
+		t.Errorf("requests were told %d successful and %d quarantined; upstream said 2 and 1", totalS, totalQ)
 	}
 }

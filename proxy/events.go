@@ -158,7 +158,7 @@ func (s *Server) await(ctx *fasthttp.RequestCtx, w *buffer.Waiter) {
 	case <-w.Done():
 	case <-t.C:
 		s.m.waitTimeouts.Inc()
-		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, strconv.Itoa(int(s.opts.WaitTimeout.Round(time.Second)/time.Second)))
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, strconv.Itoa(max(1, int(s.opts.WaitTimeout.Round(time.Second)/time.Second))))
 		writeError(ctx, fasthttp.StatusServiceUnavailable, bodyWaitTimeout)
 		return
 	}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -21,17 +23,23 @@ type PassthroughOptions struct {
 	// Token replaces the client's token in proxy-token mode (Options.PassThrough
 	// false); in pass-through mode the client's own token is forwarded.
 	Token string
-	// Timeout bounds the wait for upstream's response headers (default 30s).
+	// Timeout is how long upstream may stay silent (no byte sent or
+	// received) before the request is given up (default 30s). A response or
+	// upload that keeps moving may take as long as it needs.
 	Timeout time.Duration
+	// ReadOnly forwards only GET and HEAD; other methods get 403. Used when
+	// anyone may call the proxy (ALLOW_UNAUTHENTICATED), so that an open
+	// proxy cannot delete or truncate datasources with TINYBIRD_TOKEN.
+	ReadOnly bool
 }
 
 // passthrough is a streaming reverse proxy to Tinybird. Safe for
 // concurrent use.
 type passthrough struct {
-	base   string
-	token  string
-	client *fasthttp.Client
-	tmo    time.Duration
+	base     string
+	token    string
+	readOnly bool
+	client   *fasthttp.Client
 }
 
 func newPassthrough(o PassthroughOptions) (*passthrough, error) {
@@ -45,27 +53,60 @@ func newPassthrough(o PassthroughOptions) (*passthrough, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
 	}
+	idle := o.Timeout
 	return &passthrough{
-		base:  strings.TrimRight(o.BaseURL, "/"),
-		token: o.Token,
-		tmo:   o.Timeout,
+		base:     strings.TrimRight(o.BaseURL, "/"),
+		token:    o.Token,
+		readOnly: o.ReadOnly,
 		client: &fasthttp.Client{
 			Name:                          "tbproxy",
 			NoDefaultUserAgentHeader:      true,
 			StreamResponseBody:            true,
 			DisableHeaderNamesNormalizing: true,
 			DisablePathNormalizing:        true,
-			ReadTimeout:                   o.Timeout,
-			WriteTimeout:                  o.Timeout,
 			MaxIdleConnDuration:           30 * time.Second,
+			// The client decides whether to retry, not the proxy.
+			MaxIdemponentCallAttempts: 1,
+			// No total deadline: fasthttp's would cut a long streamed body
+			// short. Each read and write gets the idle timeout instead.
+			Dial: func(addr string) (net.Conn, error) {
+				c, err := fasthttp.DialTimeout(addr, idle)
+				if err != nil {
+					return nil, err
+				}
+				return &idleConn{Conn: c, idle: idle}, nil
+			},
 		},
 	}, nil
+}
+
+// idleConn fails a read or write that makes no progress for idle, so a
+// silent upstream is given up on while a slow but moving one is not.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
+	return c.Conn.Write(p)
 }
 
 // hopByHop headers belong to one connection and are never forwarded (RFC
 // 9110 §7.6.1). CORS headers are the proxy's own, so upstream's are dropped
 // rather than sent twice.
-func hopByHop(k []byte) bool {
+// It also drops headers the Connection header names.
+func hopByHop(k []byte, connection []byte) bool {
+	for _, name := range bytes.Split(connection, []byte(",")) {
+		if n := bytes.TrimSpace(name); len(n) > 0 && bytes.EqualFold(n, k) {
+			return true
+		}
+	}
 	switch strings.ToLower(string(k)) {
 	case "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
 		"te", "trailer", "transfer-encoding", "upgrade", "content-length", "host":
@@ -81,6 +122,10 @@ func hopByHop(k []byte) bool {
 // gives 502, one that does not answer in time 504, both as JSON.
 func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 	p := s.pass
+	if p.readOnly && !ctx.IsGet() && !ctx.IsHead() {
+		writeError(ctx, fasthttp.StatusForbidden, bodyReadOnlyPassthrough)
+		return
+	}
 	token := requestToken(ctx)
 	if !s.opts.PassThrough && !s.authorized(token) {
 		body := bodyBadToken
@@ -97,14 +142,17 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 	if !s.opts.PassThrough {
 		args.Del("token") // the proxy's client token is not Tinybird's
 	}
-	uri := p.base + string(ctx.Path())
+	// The path as received, still percent-encoded: decoding it would turn
+	// %3F into a query and %20 into a space in upstream's request line.
+	uri := p.base + string(ctx.URI().PathOriginal())
 	if q := args.QueryString(); len(q) > 0 {
 		uri += "?" + string(q)
 	}
 	req.SetRequestURI(uri)
 	req.Header.DisableNormalizing()
+	reqConn := ctx.Request.Header.Peek(fasthttp.HeaderConnection)
 	ctx.Request.Header.VisitAll(func(k, v []byte) {
-		if !hopByHop(k) {
+		if !hopByHop(k, reqConn) {
 			req.Header.SetBytesKV(k, v)
 		}
 	})
@@ -122,10 +170,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 	}
 
 	resp := fasthttp.AcquireResponse()
-	if err := p.client.DoTimeout(req, resp, p.tmo); err != nil {
+	if err := p.client.Do(req, resp); err != nil {
 		fasthttp.ReleaseResponse(resp)
 		status, body := fasthttp.StatusBadGateway, bodyUpstreamDown
-		if errors.Is(err, fasthttp.ErrTimeout) {
+		if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, os.ErrDeadlineExceeded) {
 			status, body = fasthttp.StatusGatewayTimeout, bodyUpstreamTimeout
 		}
 		s.log.Warn("passthrough failed", "request_id", requestID(ctx), "path", string(ctx.Path()), "err", err)
@@ -133,8 +181,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	ctx.SetStatusCode(resp.StatusCode())
+	respConn := resp.Header.Peek(fasthttp.HeaderConnection)
 	resp.Header.VisitAll(func(k, v []byte) {
-		if !hopByHop(k) {
+		if !hopByHop(k, respConn) {
 			ctx.Response.Header.SetBytesKV(k, v)
 		}
 	})

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -280,5 +281,68 @@ func TestHeaderLimit(t *testing.T) {
 	}
 	if res := ts.do(t, "POST", "/v0/events?name=ds", nil, []byte(`{}`)); res.status != 202 {
 		t.Errorf("normal request after: got %d; want 202", res.status)
+	}
+}
+
+// TestPassthroughKeepsEncodedPath: the path goes upstream as the client
+// encoded it.
+func TestPassthroughKeepsEncodedPath(t *testing.T) {
+	api, requests := fakeAPI(t)
+	_ = requests
+	var raw string
+	var mu sync.Mutex
+	api.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		raw = r.RequestURI
+		mu.Unlock()
+	})
+	ts := startServer(t, Options{PassThrough: true, Passthrough: PassthroughOptions{BaseURL: api.URL}}, buffer.Options{})
+	ts.do(t, "GET", "/v0/pipes/a%3Fx=1%20b.json?token=t&q=%C3%BC", nil, nil)
+	mu.Lock()
+	defer mu.Unlock()
+	if raw != "/v0/pipes/a%3Fx=1%20b.json?token=t&q=%C3%BC" {
+		t.Errorf("upstream saw %q; want the path and query as sent", raw)
+	}
+}
+
+// TestPassthroughLongStream: a response that keeps streaming for longer than
+// the timeout is relayed whole; only silence counts against it.
+func TestPassthroughLongStream(t *testing.T) {
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := range 15 {
+			io.WriteString(w, `{"row":`+strconv.Itoa(i)+"}\n")
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}))
+	defer api.Close()
+	ts := startServer(t, Options{PassThrough: true, Passthrough: PassthroughOptions{BaseURL: api.URL, Timeout: 500 * time.Millisecond}}, buffer.Options{})
+	res := ts.do(t, "GET", "/v0/pipes/long.json?token=t", nil, nil)
+	if res.status != 200 || strings.Count(res.body, "\n") != 15 {
+		t.Errorf("got %d with %d rows; want all 15 rows of a 1.5s stream through a 0.5s idle timeout", res.status, strings.Count(res.body, "\n"))
+	}
+}
+
+// TestPassthroughReadOnlyWhenOpen: an open proxy forwards reads only.
+func TestPassthroughReadOnlyWhenOpen(t *testing.T) {
+	api, requests := fakeAPI(t)
+	ts := startServer(t, Options{Passthrough: PassthroughOptions{BaseURL: api.URL, ReadOnly: true}}, buffer.Options{})
+	if res := ts.do(t, "POST", "/v0/datasources/x/truncate", nil, nil); res.status != 403 || len(requests()) != 0 {
+		t.Errorf("POST: got %d, %d forwarded; want 403 and nothing forwarded", res.status, len(requests()))
+	}
+	if res := ts.do(t, "GET", "/v0/pipes/top.json", nil, nil); res.status != 200 {
+		t.Errorf("GET: got %d; want 200", res.status)
+	}
+}
+
+// TestPassthroughConnectionHeaders: headers named in Connection are
+// hop-by-hop too and are not forwarded.
+func TestPassthroughConnectionHeaders(t *testing.T) {
+	api, requests := fakeAPI(t)
+	ts := startServer(t, Options{PassThrough: true, Passthrough: PassthroughOptions{BaseURL: api.URL}}, buffer.Options{})
+	ts.do(t, "GET", "/v0/x?token=t", map[string]string{"Connection": "X-Conn-Only", "X-Conn-Only": "secret", "X-Kept": "1"}, nil)
+	r := requests()[0]
+	if r.header.Get("X-Conn-Only") != "" || r.header.Get("X-Kept") != "1" {
+		t.Errorf("upstream headers: %v; want X-Conn-Only dropped and X-Kept kept", r.header)
 	}
 }
