@@ -25,6 +25,7 @@ import (
 	"github.com/tbproxy/tbproxy/flusher"
 	"github.com/tbproxy/tbproxy/internal/logthrottle"
 	"github.com/tbproxy/tbproxy/proxy"
+	"github.com/tbproxy/tbproxy/spool"
 )
 
 func main() {
@@ -63,34 +64,16 @@ func run() int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	_, fileSink := cfg.FileSinkDir()
-	var pass proxy.PassthroughOptions
-	if cfg.Passthrough && !fileSink {
-		pass = proxy.PassthroughOptions{BaseURL: cfg.TinybirdBaseURL, Token: cfg.TinybirdToken, Timeout: cfg.UpstreamTimeout,
-			// An open proxy must not let anyone truncate datasources with TINYBIRD_TOKEN.
-			ReadOnly: cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0}
+	popts := proxyOptions(cfg, fl, reg)
+	var sp *spool.Spool
+	if cfg.SpoolDir != "" {
+		if sp, err = openSpool(cfg, buf, reg, log); err != nil {
+			log.Error("cannot open the spool", "dir", cfg.SpoolDir, "err", err)
+			return 1
+		}
+		popts.Store = sp
 	}
-	var upstreamHealthy func() bool
-	if cfg.ReadyRequiresUpstream {
-		upstreamHealthy = fl.Healthy
-	}
-	srv, err := proxy.New(buf, proxy.Options{
-		MaxBodyBytes:    int(cfg.MaxBodyBytes),
-		PassThrough:     !cfg.ProxyTokenMode() && !fileSink,
-		Tokens:          cfg.AuthorizationTokens,
-		HighWatermark:   cfg.BufferHighWatermark,
-		WaitTimeout:     cfg.WaitTimeout,
-		Passthrough:     pass,
-		CORSOrigins:     cfg.CORSAllowedOrigins,
-		MaxDatasources:  cfg.MaxDatasources,
-		MaxConnections:  cfg.MaxConnections,
-		MaxHeaderBytes:  int(cfg.MaxHeaderBytes),
-		UpstreamHealthy: upstreamHealthy,
-		ReadTimeout:     cfg.ReadTimeout,
-		WriteTimeout:    cfg.WriteTimeout,
-		IdleTimeout:     cfg.IdleTimeout,
-		Gatherer:        reg,
-	}, reg, log)
+	srv, err := proxy.New(buf, popts, reg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -113,6 +96,10 @@ func run() int {
 	defer stopFlusher()
 	flushed := make(chan error, 1)
 	go func() { flushed <- fl.Run(flushCtx) }()
+	if sp != nil { // before serving: what an earlier run acknowledged goes first
+		n, err := sp.Replay(sigCtx)
+		log.Info("spool replayed", "events", n, "err", err)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
@@ -140,8 +127,58 @@ func run() int {
 		log.Error("shutdown lost events", "err", err)
 		status = 1
 	}
+	if sp != nil {
+		if err := sp.Close(); err != nil {
+			log.Error("closing the spool", "err", err)
+		}
+	}
 	log.Info("stopped", "exit_status", status)
 	return status
+}
+
+func proxyOptions(cfg config.Config, fl *flusher.Flusher, reg *prometheus.Registry) proxy.Options {
+	_, fileSink := cfg.FileSinkDir()
+	var pass proxy.PassthroughOptions
+	if cfg.Passthrough && !fileSink {
+		pass = proxy.PassthroughOptions{BaseURL: cfg.TinybirdBaseURL, Token: cfg.TinybirdToken, Timeout: cfg.UpstreamTimeout,
+			// An open proxy must not let anyone truncate datasources with TINYBIRD_TOKEN.
+			ReadOnly: cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0}
+	}
+	var upstreamHealthy func() bool
+	if cfg.ReadyRequiresUpstream {
+		upstreamHealthy = fl.Healthy
+	}
+	return proxy.Options{
+		MaxBodyBytes:    int(cfg.MaxBodyBytes),
+		PassThrough:     !cfg.ProxyTokenMode() && !fileSink,
+		Tokens:          cfg.AuthorizationTokens,
+		HighWatermark:   cfg.BufferHighWatermark,
+		WaitTimeout:     cfg.WaitTimeout,
+		Passthrough:     pass,
+		CORSOrigins:     cfg.CORSAllowedOrigins,
+		MaxDatasources:  cfg.MaxDatasources,
+		MaxConnections:  cfg.MaxConnections,
+		MaxHeaderBytes:  int(cfg.MaxHeaderBytes),
+		UpstreamHealthy: upstreamHealthy,
+		ReadTimeout:     cfg.ReadTimeout,
+		WriteTimeout:    cfg.WriteTimeout,
+		IdleTimeout:     cfg.IdleTimeout,
+		Gatherer:        reg,
+	}
+}
+
+func openSpool(cfg config.Config, buf *buffer.Buffer, reg prometheus.Registerer, log *slog.Logger) (*spool.Spool, error) {
+	mode, err := spool.ParseFsync(cfg.SpoolFsync)
+	if err != nil {
+		return nil, err
+	}
+	return spool.Open(buf, spool.Options{
+		Dir:           cfg.SpoolDir,
+		SegmentBytes:  int64(cfg.SpoolSegmentBytes),
+		MaxBytes:      int64(cfg.SpoolMaxBytes),
+		Fsync:         mode,
+		FsyncInterval: cfg.SpoolFsyncInterval,
+	}, reg, log)
 }
 
 func flusherOptions(cfg config.Config, up flusher.Upstream) flusher.Options {
@@ -156,6 +193,9 @@ func flusherOptions(cfg config.Config, up flusher.Upstream) flusher.Options {
 		DrainTimeout:  cfg.ShutdownTimeout,
 		DeadLetterDir: cfg.DeadLetterDir,
 		TokenDenyTTL:  cfg.TokenDenyTTL,
+		// The spool keeps what a shutdown could not deliver, for the next
+		// start; dead-lettering it too would deliver it twice.
+		RetainOnShutdown: cfg.SpoolDir != "",
 	}
 }
 

@@ -59,7 +59,8 @@ func TestE2EMetricsMatchREADME(t *testing.T) {
 	documented = slices.Compact(documented)
 
 	fb := fakebird.NewTB(t, fakebird.Options{})
-	c := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL()})
+	// With the spool on, so its metrics are there too.
+	c := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "SPOOL_DIR": t.TempDir()})
 	resp, err := http.Get(c.base + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,11 @@ var ErrTooLarge = errors.New("buffer: request larger than the buffer")
 // ErrClosed reports a Put after Close (HTTP 503: the process is draining).
 var ErrClosed = errors.New("buffer: closed")
 
+// ErrStorage is returned by a durable store in front of the buffer (the
+// spool) that could not write a request down (HTTP 503). The request was
+// not stored.
+var ErrStorage = errors.New("buffer: storage failed")
+
 // ErrDenied reports a Put for a token that upstream recently refused (HTTP
 // 403); see Deny.
 var ErrDenied = errors.New("buffer: token denied upstream")

@@ -12,6 +12,9 @@ type Failure struct {
 	Status  int
 	Message string
 	Reason  string
+	// Retained means the rows were neither delivered nor dropped: the
+	// process stopped first. A durable store still owes them upstream.
+	Retained bool
 }
 
 // Waiter tells a client that sent wait=true when every one of its rows was
@@ -25,6 +28,7 @@ type Waiter struct {
 	mu                      sync.Mutex // protects failure
 	failure                 *Failure
 	done                    chan struct{}
+	onDone                  func(*Failure)
 }
 
 // NewWaiter returns a Waiter with no pieces yet.
@@ -34,6 +38,12 @@ func NewWaiter() *Waiter { return &Waiter{done: make(chan struct{})} }
 // request is done. Call it before the piece is sent, and before the last
 // outstanding piece can Finish.
 func (w *Waiter) AddPart() { w.pending.Add(1) }
+
+// OnDone registers fn to run, once, when the last piece finishes, with the
+// first failure (nil if every piece was delivered). It runs on the goroutine
+// that finished the last piece, so it must be quick. Call it before the
+// Waiter is handed to the buffer; at most one fn is kept.
+func (w *Waiter) OnDone(fn func(*Failure)) { w.onDone = fn }
 
 // Finish records the outcome of one piece: rows acknowledged as successful
 // or quarantined, or a failure (nil when delivered). The first failure wins.
@@ -49,6 +59,12 @@ func (w *Waiter) Finish(successful, quarantined int, f *Failure) {
 		w.mu.Unlock()
 	}
 	if w.pending.Add(-1) == 0 {
+		if w.onDone != nil {
+			w.mu.Lock()
+			f := w.failure
+			w.mu.Unlock()
+			w.onDone(f)
+		}
 		close(w.done)
 	}
 }

@@ -103,6 +103,24 @@ type Config struct {
 	// off).
 	DeadLetterDir string `env:"DEAD_LETTER_DIR"`
 
+	// SpoolDir turns on the write-ahead spool (SPOOL_DIR, unset: memory
+	// only).
+	SpoolDir string `env:"SPOOL_DIR"`
+
+	// SpoolSegmentBytes rolls spool segments at this size
+	// (SPOOL_SEGMENT_BYTES, 64MiB).
+	SpoolSegmentBytes ByteSize `env:"SPOOL_SEGMENT_BYTES" envDefault:"64MiB"`
+
+	// SpoolMaxBytes bounds the spool on disk (SPOOL_MAX_BYTES, 4GiB).
+	SpoolMaxBytes ByteSize `env:"SPOOL_MAX_BYTES" envDefault:"4GiB"`
+
+	// SpoolFsync is always, interval or never (SPOOL_FSYNC, interval).
+	SpoolFsync string `env:"SPOOL_FSYNC" envDefault:"interval"`
+
+	// SpoolFsyncInterval is the fsync period in interval mode
+	// (SPOOL_FSYNC_INTERVAL, 100ms).
+	SpoolFsyncInterval time.Duration `env:"SPOOL_FSYNC_INTERVAL" envDefault:"100ms"`
+
 	// Passthrough forwards every path other than the proxy's own to
 	// TINYBIRD_BASE_URL (PASSTHROUGH, true).
 	Passthrough bool `env:"PASSTHROUGH" envDefault:"true"`
@@ -140,6 +158,16 @@ type Config struct {
 
 	// LogFormat is "json" or "text" (LOG_FORMAT, json).
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
+
+	// ClickHousePassword is the ClickHouse user's password
+	// (CLICKHOUSE_PASSWORD, unset), for a clickhouse:// TINYBIRD_BASE_URL;
+	// Load moves a password written in the URL here. It is secret.
+	ClickHousePassword string `env:"CLICKHOUSE_PASSWORD"`
+
+	// ClickHouseAllowErrorsRatio is the fraction of a batch's rows ClickHouse
+	// may skip as unparsable, reported as quarantined
+	// (CLICKHOUSE_ALLOW_ERRORS_RATIO, 0), in [0, 1].
+	ClickHouseAllowErrorsRatio float64 `env:"CLICKHOUSE_ALLOW_ERRORS_RATIO" envDefault:"0"`
 }
 
 const fileScheme = "file://"
@@ -170,6 +198,7 @@ func Load(environ map[string]string) (Config, error) {
 		errs = append(errs, fmt.Errorf("TINYBIRD_BASE_URL: %w", err))
 	}
 	c.TinybirdBaseURL = base
+	errs = append(errs, c.takeClickHousePassword()...)
 
 	errs = append(errs, c.validate(failed)...)
 	if len(errs) > 0 {
@@ -226,6 +255,11 @@ func (c Config) LogValue() slog.Value {
 		slog.String("wait_timeout", c.WaitTimeout.String()),
 		slog.String("token_deny_ttl", c.TokenDenyTTL.String()),
 		slog.String("dead_letter_dir", c.DeadLetterDir),
+		slog.String("spool_dir", c.SpoolDir),
+		slog.String("spool_segment_bytes", c.SpoolSegmentBytes.String()),
+		slog.String("spool_max_bytes", c.SpoolMaxBytes.String()),
+		slog.String("spool_fsync", c.SpoolFsync),
+		slog.String("spool_fsync_interval", c.SpoolFsyncInterval.String()),
 		slog.Bool("passthrough", c.Passthrough),
 		slog.Any("cors_allowed_origins", c.CORSAllowedOrigins),
 		slog.Bool("ready_requires_upstream", c.ReadyRequiresUpstream),
@@ -243,7 +277,7 @@ func (c Config) LogValue() slog.Value {
 // isSecret reports whether the variable's value must never appear in an
 // error or a log line.
 func isSecret(key string) bool {
-	return key == "TINYBIRD_TOKEN" || key == "AUTHORIZATION_TOKEN"
+	return key == "TINYBIRD_TOKEN" || key == "AUTHORIZATION_TOKEN" || key == "CLICKHOUSE_PASSWORD"
 }
 
 // parseDuration replaces env's duration parser, whose message repeats the
@@ -271,7 +305,10 @@ func cleanList(items []string) []string {
 // normalizeBaseURL checks a TINYBIRD_BASE_URL value and returns it without a
 // trailing slash. Its errors never repeat the URL, which may hold a password.
 func normalizeBaseURL(raw string) (string, error) {
-	const want = "want http://<host>, https://<host> or file://<dir>"
+	const want = "want http://<host>, https://<host>, clickhouse://<host>/<database> or file://<dir>"
+	if isClickHouseURL(raw) {
+		return normalizeClickHouseURL(raw)
+	}
 	if len(raw) >= len(fileScheme) && strings.EqualFold(raw[:len(fileScheme)], fileScheme) {
 		dir := raw[len(fileScheme):]
 		if dir == "" {

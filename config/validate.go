@@ -46,6 +46,13 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout)
 	v.check(c.ShutdownDelay >= 0, "SHUTDOWN_DELAY", "must not be negative, got %s", c.ShutdownDelay)
 	v.positive("WAIT_TIMEOUT", c.WaitTimeout)
+	v.check(c.SpoolFsync == "always" || c.SpoolFsync == "interval" || c.SpoolFsync == "never", "SPOOL_FSYNC",
+		"must be always, interval or never, got %q", c.SpoolFsync)
+	v.positive("SPOOL_FSYNC_INTERVAL", c.SpoolFsyncInterval)
+	v.check(c.SpoolSegmentBytes >= 64<<10, "SPOOL_SEGMENT_BYTES", "must be at least 64KiB, got %s", c.SpoolSegmentBytes)
+	if c.SpoolSegmentBytes > 0 && v.ok("SPOOL_MAX_BYTES", "SPOOL_SEGMENT_BYTES") {
+		v.check(c.SpoolMaxBytes >= c.SpoolSegmentBytes, "SPOOL_MAX_BYTES", "%s must be at least SPOOL_SEGMENT_BYTES (%s)", c.SpoolMaxBytes, c.SpoolSegmentBytes)
+	}
 	v.check(c.MaxDatasources >= 1, "MAX_DATASOURCES", "must be at least 1, got %d", c.MaxDatasources)
 	v.check(c.MaxConnections >= 1, "MAX_CONNECTIONS", "must be at least 1, got %d", c.MaxConnections)
 	v.check(c.MaxHeaderBytes >= 1<<10 && c.MaxHeaderBytes <= 1<<20, "MAX_HEADER_BYTES", "must be between 1KiB and 1MiB, got %s", c.MaxHeaderBytes)

@@ -41,6 +41,10 @@ type Options struct {
 	// TokenDenyTTL, when positive, makes the buffer refuse a client token
 	// (pass-through mode) for this long after upstream answered it 403.
 	TokenDenyTTL time.Duration
+	// RetainOnShutdown says a durable store (the spool) keeps whatever the
+	// drain could not deliver for the next start: it is then logged, not
+	// dead-lettered or counted as dropped, and Run returns nil.
+	RetainOnShutdown bool
 }
 
 func (o *Options) setDefaults() {
@@ -347,8 +351,16 @@ func (f *Flusher) abandon() error {
 	if lost == 0 {
 		return nil
 	}
-	failure := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout,
+	failure := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout, Retained: true,
 		Message: "the proxy shut down before these rows were delivered; they were not written"}
+	if f.opts.RetainOnShutdown {
+		for _, b := range f.heldBatches() {
+			b.finishWaiters(Result{}, failure)
+		}
+		f.log.Warn("shutdown timeout: undelivered events stay in the spool and will be delivered after the next start",
+			"events", lost, "timeout", f.opts.DrainTimeout.String())
+		return nil
+	}
 	for _, b := range f.heldBatches() {
 		f.deadLetter(b, failure)
 		b.finishWaiters(Result{}, failure)

@@ -15,9 +15,10 @@ const (
 	reasonTooLarge     = "too_large"     // body or request larger than allowed
 	reasonBufferFull   = "buffer_full"   // 429: the buffer has no room now
 	reasonShuttingDown = "shutting_down" // 503: the buffer is closed
+	reasonStorage      = "storage_error" // 503: the spool could not write
 )
 
-var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown}
+var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage}
 
 // errorBody renders Tinybird's error shape, {"error":"<message>"}. Every
 // error the proxy sends is JSON: clients such as zod-bird call res.json() on
@@ -56,6 +57,7 @@ var (
 	bodyUpstreamTimeout     = errorBody("upstream did not answer in time")
 	bodyReadOnlyPassthrough = errorBody("this proxy accepts anyone (ALLOW_UNAUTHENTICATED), so it forwards only GET and HEAD requests to the rest of the API")
 	bodyTooManyNames        = errorBody("too many distinct datasources: the proxy's MAX_DATASOURCES limit was reached")
+	bodyStorage             = errorBody("the proxy could not write the events to its spool (disk full or unwritable); nothing was stored, retry later")
 	bodyDeniedToken         = errorBody("invalid token: upstream refused it recently")
 	bodyWaitTimeout         = errorBody("timed out waiting for upstream to acknowledge the rows; they are still queued and will be delivered, so retrying this request may create duplicates")
 	bodyTooManyEvents       = errorBody("request holds more events or bytes than the proxy's whole buffer; split it into smaller requests")

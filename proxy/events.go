@@ -106,7 +106,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	if isTrue(args.Peek("wait")) && len(lines) > 0 {
 		w = buffer.NewWaiter()
 	}
-	switch err := s.buf.PutWaiting(key, lines, w); {
+	switch err := s.store.PutWaiting(key, lines, w); {
 	case err == nil:
 	case errors.Is(err, buffer.ErrFull):
 		size := len(lines)
@@ -128,6 +128,10 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		return
 	case errors.Is(err, buffer.ErrDenied):
 		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, bodyDeniedToken, len(lines))
+		return
+	case errors.Is(err, buffer.ErrStorage):
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "5")
+		s.refuse(ctx, fasthttp.StatusServiceUnavailable, reasonStorage, bodyStorage, len(lines))
 		return
 	default: // buffer.ErrClosed
 		s.refuse(ctx, fasthttp.StatusServiceUnavailable, reasonShuttingDown, bodyShuttingDown, len(lines))
@@ -190,13 +194,18 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, reason string, bod
 	}
 }
 
-// rawBody returns the request body as received, at most MaxBodyBytes. A
-// body fasthttp did not read because it is larger than that arrives as a
-// stream (StreamRequestBody, for passthrough uploads); it is read up to the
-// limit and refused (false) beyond it.
+// rawBody returns the request body as received, at most MaxBodyBytes.
+// With StreamRequestBody (for passthrough uploads) fasthttp 1.78 hands every
+// body over as a stream, even one it has already read, so the body is read
+// from the stream into a pooled buffer (one memcpy, cheap next to
+// validation) up to the limit, and refused (false) beyond it. Request.Body()
+// would copy too, and log a warning per request.
 func (s *Server) rawBody(ctx *fasthttp.RequestCtx) ([]byte, func(), bool) {
 	if !ctx.Request.IsBodyStream() {
 		return ctx.Request.Body(), func() {}, true
+	}
+	if n := ctx.Request.Header.ContentLength(); n > s.opts.MaxBodyBytes {
+		return nil, nil, false
 	}
 	buf := s.bodies.Get()
 	release := func() { s.bodies.Put(buf) }

@@ -37,7 +37,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		refusedEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tbproxy_events_refused_total",
-			Help: "Valid events refused with their request, by reason (buffer_full, too_large, shutting_down).",
+			Help: "Valid events refused with their request, by reason (buffer_full, too_large, shutting_down, storage_error).",
 		}, []string{"reason"}),
 		eventsByStatus: make(map[int]prometheus.Counter),
 		waitTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
@@ -48,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range refusalReasons {
 		m.refusedReqs.WithLabelValues(r)
 	}
-	for _, r := range []string{reasonBufferFull, reasonTooLarge, reasonShuttingDown} {
+	for _, r := range []string{reasonBufferFull, reasonTooLarge, reasonShuttingDown, reasonStorage} {
 		m.refusedEvents.WithLabelValues(r)
 	}
 	for _, code := range []int{200, 202, 400, 403, 405, 413, 415, 429, 503} {

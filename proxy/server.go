@@ -56,6 +56,10 @@ type Options struct {
 	// MaxConnections caps concurrent connections (default 10000) and
 	// MaxHeaderBytes a request's headers (default 16 KiB).
 	MaxConnections, MaxHeaderBytes int
+	// Store, when set, takes accepted requests instead of the buffer: a
+	// durable spool that writes them down first and then puts them in the
+	// buffer. The buffer still answers for limits and readiness.
+	Store Store
 	// UpstreamHealthy, when set, is consulted by /ready: false answers 503
 	// (READY_REQUIRES_UPSTREAM).
 	UpstreamHealthy func() bool
@@ -97,6 +101,12 @@ func (o *Options) setDefaults() {
 	}
 }
 
+// Store takes a request's events, whole or not at all: *buffer.Buffer, or
+// a spool in front of it. w, when not nil, is told when the rows are done.
+type Store interface {
+	PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) error
+}
+
 // Server is the proxy's HTTP front end. Create one with New, run it with
 // Serve, stop it with Drain and Shutdown. Safe for concurrent use.
 type Server struct {
@@ -112,6 +122,7 @@ type Server struct {
 	metricsH fasthttp.RequestHandler
 	names    names
 	pass     *passthrough // nil: other paths get 404
+	store    Store
 	cors     cors
 	bodies   bytebufferpool.Pool // for request bodies that arrive as a stream
 
@@ -138,7 +149,11 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 		metricsH: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})),
 		names:    names{m: make(map[string]string), max: opts.MaxDatasources},
 		pass:     pass,
+		store:    opts.Store,
 		cors:     newCORS(opts.CORSOrigins),
+	}
+	if s.store == nil {
+		s.store = buf
 	}
 	for _, t := range opts.Tokens {
 		s.tokens = append(s.tokens, []byte(t))

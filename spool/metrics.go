@@ -1,0 +1,48 @@
+package spool
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	fsync       prometheus.Histogram
+	replayed    prometheus.Counter
+	corrupt     prometheus.Counter
+	writeErrors prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, s *Spool) (*metrics, error) {
+	m := &metrics{
+		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tbproxy_spool_fsync_duration_seconds",
+			Help:    "Time each fsync of a spool segment took.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_spool_replayed_events_total",
+			Help: "Events replayed from spool segments left by an earlier run.",
+		}),
+		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_spool_corrupt_records_total",
+			Help: "Spool records skipped or cut off as corrupt (and segments of an unknown version).",
+		}),
+		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_spool_write_errors_total",
+			Help: "Failed spool writes; each refused its request with 503.",
+		}),
+	}
+	cs := []prometheus.Collector{m.fsync, m.replayed, m.corrupt, m.writeErrors,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tbproxy_spool_bytes",
+			Help: "Bytes of spool segments on disk.",
+		}, func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(s.total) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tbproxy_spool_segments",
+			Help: "Spool segment files on disk, the current one included.",
+		}, func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.live) + len(s.old)) }),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

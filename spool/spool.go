@@ -1,0 +1,607 @@
+// Package spool is a write-ahead log in front of the buffer: every accepted
+// request is appended to a segment file before the client gets its answer,
+// and a segment is deleted only once every event in it was delivered
+// upstream or dropped with a reason. After a crash, the segments left
+// behind are replayed into the buffer, so an acknowledged event survives
+// the process (and, with fsync, the machine's power).
+package spool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+// Fsync says when appended records are forced to disk.
+type Fsync int
+
+const (
+	// FsyncInterval syncs every FsyncInterval: a process crash loses
+	// nothing (the data is in the kernel), a power loss at most the window.
+	FsyncInterval Fsync = iota
+	// FsyncAlways makes every request wait for a shared fsync (group
+	// commit): nothing acknowledged is lost even on power loss.
+	FsyncAlways
+	// FsyncNever leaves syncing to the kernel: a process crash loses
+	// nothing, a power loss whatever the kernel had not written (seconds).
+	FsyncNever
+)
+
+// ParseFsync reads always, interval or never.
+func ParseFsync(s string) (Fsync, error) {
+	switch s {
+	case "always":
+		return FsyncAlways, nil
+	case "interval":
+		return FsyncInterval, nil
+	case "never":
+		return FsyncNever, nil
+	}
+	return 0, fmt.Errorf("unknown fsync mode %q (want always, interval or never)", s)
+}
+
+// Options configure a Spool.
+type Options struct {
+	Dir string
+	// SegmentBytes rolls the current segment once it is this large
+	// (default 64 MiB).
+	SegmentBytes int64
+	// MaxBytes bounds the segments on disk; beyond it Put refuses with
+	// buffer.ErrFull (default 4 GiB).
+	MaxBytes      int64
+	Fsync         Fsync
+	FsyncInterval time.Duration // default 100ms
+}
+
+// Spool appends requests to segment files and hands them to a buffer. Safe
+// for concurrent use. Create one with Open; call Replay once, before
+// serving, and Close at the end.
+type Spool struct {
+	buf  *buffer.Buffer
+	opts Options
+	log  *slog.Logger
+	m    *metrics
+	enc  sync.Pool // of *[]byte
+
+	mu       sync.Mutex // protects everything below; cond waits on it
+	cond     *sync.Cond // group commit: writers wait for synced >= their gen
+	cur      *segment
+	old      []*segment // segments left by an earlier run, to replay, oldest first
+	live     map[uint64]*segment
+	total    int64 // bytes of all segments on disk
+	nextSeq  uint64
+	written  uint64 // generation of the last write
+	synced   uint64 // generation known to be on disk
+	syncErr  error
+	done     []ref  // retired records not yet written down in a done record
+	wbuf     []byte // scratch for a done record written with the next append
+	closed   bool
+	bg       sync.WaitGroup // doneLoop and, in FsyncAlways mode, syncLoop
+	bgCancel context.CancelFunc
+}
+
+// segment is one file. pending counts its records not yet delivered or
+// dropped; a sealed segment with none pending is deleted.
+type segment struct {
+	seq     uint64
+	path    string
+	f       *os.File // the current segment only
+	size    int64
+	pending int
+	sealed  bool
+}
+
+// Open prepares dir (creating it, mode 0700: records hold client tokens in
+// pass-through mode), lists the segments an earlier run left behind for
+// Replay, and starts a new segment for new writes.
+func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.Logger) (*Spool, error) {
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = 64 << 20
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 4 << 30
+	}
+	if opts.FsyncInterval <= 0 {
+		opts.FsyncInterval = 100 * time.Millisecond
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s := &Spool{buf: buf, opts: opts, log: log, live: make(map[uint64]*segment)}
+	s.cond = sync.NewCond(&s.mu)
+	names, err := filepath.Glob(filepath.Join(opts.Dir, "seg-*.spool"))
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(name), "seg-"), ".spool"), 10, 64)
+		if err != nil {
+			continue
+		}
+		fi, err := os.Stat(name)
+		if err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+		seg := &segment{seq: seq, path: name, size: fi.Size(), sealed: true}
+		s.old = append(s.old, seg)
+		s.total += seg.size
+		s.nextSeq = max(s.nextSeq, seq+1)
+	}
+	slices.SortFunc(s.old, func(a, b *segment) int { return int(a.seq - b.seq) })
+	m, err := newMetrics(reg, s)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	s.mu.Lock()
+	err = s.rollLocked()
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.bgCancel = cancel
+	s.bg.Go(func() { s.doneLoop(ctx) })
+	if opts.Fsync == FsyncAlways {
+		s.bg.Go(s.syncLoop)
+	}
+	return s, nil
+}
+
+// PutWaiting appends the request to the current segment, waits for it to be synced
+// if Fsync is FsyncAlways, and stores it in the buffer. When the buffer
+// refuses it, a cancel record makes sure it is never replayed. A failed
+// write (disk full, unwritable directory) returns an error wrapping
+// buffer.ErrStorage and leaves the segment as it was, so the next request
+// may succeed once there is room; a spool at MaxBytes refuses with
+// buffer.ErrFull. w, if not nil, is the waiting client's; Put may replace a
+// nil w with its own, to learn when the rows are done.
+func (s *Spool) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	if st := s.buf.Stats(); st.Events+len(lines) > st.MaxEvents {
+		return buffer.ErrFull // do not write what the buffer will refuse
+	}
+	ep, _ := s.enc.Get().(*[]byte)
+	if ep == nil {
+		ep = new([]byte)
+	}
+	rec := appendData((*ep)[:0], key, lines)
+	defer func() {
+		if cap(rec) <= 1<<20 {
+			*ep = rec
+			s.enc.Put(ep)
+		}
+	}()
+
+	seg, off, gen, err := s.append(rec)
+	if err != nil {
+		return err
+	}
+	if s.opts.Fsync == FsyncAlways {
+		if err := s.waitSynced(gen); err != nil {
+			s.cancel(seg, off)
+			return err
+		}
+	}
+	if w == nil {
+		w = buffer.NewWaiter()
+	}
+	w.OnDone(func(f *buffer.Failure) {
+		if f == nil || !f.Retained {
+			s.ack(seg, off)
+		}
+	})
+	if err := s.buf.PutWaiting(key, lines, w); err != nil {
+		s.cancel(seg, off)
+		return err
+	}
+	return nil
+}
+
+// append writes rec to the current segment, rolling it first if full.
+func (s *Spool) append(rec []byte) (*segment, int64, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, 0, 0, buffer.ErrClosed
+	}
+	if s.total+int64(len(rec)) > s.opts.MaxBytes {
+		return nil, 0, 0, buffer.ErrFull
+	}
+	if s.cur.size+int64(len(rec)) > s.opts.SegmentBytes && s.cur.size > headerLen {
+		if err := s.rollLocked(); err != nil {
+			return nil, 0, 0, err
+		}
+	}
+	seg, start := s.cur, s.cur.size
+	// Records retired since the last write go down in the same write.
+	w := rec
+	if len(s.done) > 0 {
+		s.wbuf = appendDone(s.wbuf[:0], s.done)
+		w = append(s.wbuf, rec...)
+		s.wbuf = w
+	}
+	if _, err := seg.f.Write(w); err != nil {
+		_ = seg.f.Truncate(start) // leave no torn record behind
+		_, _ = seg.f.Seek(start, 0)
+		s.m.writeErrors.Inc()
+		s.log.Error("spool write failed; refusing requests until it succeeds", "path", seg.path, "err", err)
+		return nil, 0, 0, fmt.Errorf("%w: %v", buffer.ErrStorage, err)
+	}
+	s.done = s.done[:0]
+	off := start + int64(len(w)-len(rec))
+	seg.size += int64(len(w))
+	s.total += int64(len(w))
+	seg.pending++
+	s.written++
+	s.cond.Broadcast() // the syncer, in FsyncAlways mode
+	return seg, off, s.written, nil
+}
+
+// cancel retires the record at off at once: its request was refused, so
+// it must never be replayed.
+func (s *Spool) cancel(seg *segment, off int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ackLocked(seg, off)
+	s.flushDoneLocked()
+}
+
+// ack retires the record of seg at off: its rows were delivered or dropped.
+// The done record is written with the next append, or by the background
+// loop; a crash before that replays the record (a duplicate, never a loss).
+func (s *Spool) ack(seg *segment, off int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ackLocked(seg, off)
+}
+
+func (s *Spool) ackLocked(seg *segment, off int64) {
+	s.done = append(s.done, ref{seq: seg.seq, offset: off})
+	seg.pending--
+	if seg.pending <= 0 && seg.sealed {
+		s.removeLocked(seg)
+	}
+}
+
+// flushDoneLocked writes the pending done record to the current segment.
+func (s *Spool) flushDoneLocked() {
+	if len(s.done) == 0 || s.closed || s.cur == nil || s.cur.f == nil {
+		return
+	}
+	s.wbuf = appendDone(s.wbuf[:0], s.done)
+	if _, err := s.cur.f.Write(s.wbuf); err != nil {
+		_ = s.cur.f.Truncate(s.cur.size)
+		_, _ = s.cur.f.Seek(s.cur.size, 0)
+		return // kept for the next attempt
+	}
+	s.cur.size += int64(len(s.wbuf))
+	s.total += int64(len(s.wbuf))
+	s.done = s.done[:0]
+}
+
+func (s *Spool) removeLocked(seg *segment) {
+	if _, ok := s.live[seg.seq]; !ok {
+		return
+	}
+	delete(s.live, seg.seq)
+	s.total -= seg.size
+	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Error("cannot delete delivered spool segment", "path", seg.path, "err", err)
+	}
+}
+
+// rollLocked seals the current segment (syncing it) and starts a new one.
+func (s *Spool) rollLocked() error {
+	if old := s.cur; old != nil {
+		if s.opts.Fsync == FsyncAlways {
+			// Writers wait on this sync; it must happen before they go on.
+			if err := s.syncFile(old.f); err != nil {
+				return fmt.Errorf("%w: sync %s: %v", buffer.ErrStorage, old.path, err)
+			}
+			s.synced = s.written
+			s.cond.Broadcast()
+			_ = old.f.Close()
+		} else {
+			// Nobody waits on it: sync (interval mode) and close off the
+			// lock, so a roll does not stall every handler for an fsync.
+			f, sync := old.f, s.opts.Fsync == FsyncInterval
+			s.bg.Go(func() {
+				if sync {
+					_ = s.syncFile(f)
+				}
+				_ = f.Close()
+			})
+		}
+		old.f, old.sealed = nil, true
+		if old.pending <= 0 {
+			s.removeLocked(old)
+		}
+	}
+	seg := &segment{seq: s.nextSeq, path: filepath.Join(s.opts.Dir, fmt.Sprintf("seg-%016d.spool", s.nextSeq))}
+	f, err := os.OpenFile(seg.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		s.m.writeErrors.Inc()
+		return fmt.Errorf("%w: %v", buffer.ErrStorage, err)
+	}
+	if _, err := f.Write(header[:]); err != nil {
+		f.Close()
+		os.Remove(seg.path)
+		s.m.writeErrors.Inc()
+		return fmt.Errorf("%w: %v", buffer.ErrStorage, err)
+	}
+	s.nextSeq++
+	seg.f, seg.size = f, headerLen
+	s.cur = seg
+	s.live[seg.seq] = seg
+	s.total += headerLen
+	return nil
+}
+
+func (s *Spool) syncFile(f *os.File) error {
+	start := time.Now()
+	err := f.Sync()
+	s.m.fsync.Observe(time.Since(start).Seconds())
+	return err
+}
+
+// waitSynced blocks until the write numbered gen is on disk.
+func (s *Spool) waitSynced(gen uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.synced < gen && s.syncErr == nil && !s.closed {
+		s.cond.Wait()
+	}
+	if s.synced >= gen {
+		return nil
+	}
+	if s.syncErr != nil {
+		return fmt.Errorf("%w: fsync: %v", buffer.ErrStorage, s.syncErr)
+	}
+	return buffer.ErrClosed
+}
+
+// doneLoop writes down retired records every FsyncInterval, and in
+// FsyncInterval mode syncs the current segment.
+func (s *Spool) doneLoop(ctx context.Context) {
+	t := time.NewTicker(s.opts.FsyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.mu.Lock()
+			s.flushDoneLocked()
+			s.mu.Unlock()
+			if s.opts.Fsync == FsyncInterval {
+				s.syncOnce()
+			}
+		}
+	}
+}
+
+// syncLoop is FsyncAlways' group commit: it syncs as soon as writes wait,
+// and one fsync covers every write before it.
+func (s *Spool) syncLoop() {
+	for {
+		s.mu.Lock()
+		for s.synced == s.written && !s.closed {
+			s.cond.Wait()
+		}
+		if s.closed {
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		s.syncOnce()
+	}
+}
+
+func (s *Spool) syncOnce() {
+	s.mu.Lock()
+	gen, f := s.written, s.cur.f
+	if gen == s.synced || f == nil {
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	err := s.syncFile(f) // outside the lock: writers keep appending meanwhile
+	s.mu.Lock()
+	switch {
+	case err == nil:
+		s.synced = max(s.synced, gen)
+		s.syncErr = nil
+	case gen > s.synced: // not covered by a roll's own sync meanwhile
+		s.syncErr = err
+		s.log.Error("spool fsync failed", "err", err)
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// Replay puts every record an earlier run left behind and did not retire
+// into the buffer, oldest first, waiting for room when the buffer is full
+// (the flusher must be running). Torn tails are cut off and corrupt records
+// skipped, both counted and logged; a segment of an unknown version is left
+// untouched. It returns how many events were replayed.
+func (s *Spool) Replay(ctx context.Context) (int, error) {
+	// First pass: check every segment, cut torn tails, and learn which
+	// records were retired (done records may sit in later segments).
+	retired := map[ref]bool{}
+	var good []*segment
+	for _, seg := range s.old {
+		sc, ok, err := s.check(seg)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			continue
+		}
+		for _, r := range sc.done {
+			retired[r] = true
+		}
+		good = append(good, seg)
+	}
+	// Second pass: hand over what is still owed.
+	events := 0
+	for _, seg := range good {
+		n, err := s.replaySegment(ctx, seg, retired)
+		events += n
+		if err != nil {
+			return events, err
+		}
+	}
+	s.mu.Lock()
+	s.old = nil
+	s.mu.Unlock()
+	return events, nil
+}
+
+// check scans seg, cuts a torn tail off, and counts corrupt records. False
+// means the segment is not ours to replay (another version) and was left.
+func (s *Spool) check(seg *segment) (scanned, bool, error) {
+	b, err := os.ReadFile(seg.path)
+	if err != nil {
+		return scanned{}, false, fmt.Errorf("spool: %w", err)
+	}
+	sc, err := scan(b)
+	if err != nil {
+		s.m.corrupt.Inc()
+		s.log.Error("spool segment not replayed and left in place", "path", seg.path, "err", err)
+		s.mu.Lock()
+		s.total -= seg.size // not ours to count or delete
+		s.mu.Unlock()
+		return sc, false, nil
+	}
+	if sc.corrupt > 0 {
+		s.m.corrupt.Add(float64(sc.corrupt))
+		s.log.Error("spool segment had corrupt records; they were skipped", "path", seg.path, "corrupt_records", sc.corrupt)
+	}
+	if sc.validEnd < int64(len(b)) {
+		if err := os.Truncate(seg.path, sc.validEnd); err != nil {
+			return sc, false, fmt.Errorf("spool: cut torn tail of %s: %w", seg.path, err)
+		}
+		s.log.Warn("spool segment ended in a torn record; cut it off", "path", seg.path, "bytes", int64(len(b))-sc.validEnd)
+	}
+	s.mu.Lock()
+	s.total += sc.validEnd - seg.size
+	seg.size = sc.validEnd
+	s.mu.Unlock()
+	return sc, true, nil
+}
+
+func (s *Spool) replaySegment(ctx context.Context, seg *segment, retired map[ref]bool) (int, error) {
+	b, err := os.ReadFile(seg.path)
+	if err != nil {
+		return 0, fmt.Errorf("spool: %w", err)
+	}
+	sc, err := scan(b)
+	if err != nil {
+		return 0, fmt.Errorf("spool: %s changed during replay: %w", seg.path, err)
+	}
+	var owed []record
+	for _, r := range sc.records {
+		if !retired[ref{seq: seg.seq, offset: r.offset}] {
+			owed = append(owed, r)
+		}
+	}
+	s.mu.Lock()
+	seg.pending = len(owed) + 1 // +1 until every record is handed over
+	s.live[seg.seq] = seg
+	s.mu.Unlock()
+
+	events := 0
+	var lines [][]byte
+	for _, r := range owed {
+		lines = splitNDJSON(lines[:0], r.data)
+		w := buffer.NewWaiter()
+		off := r.offset
+		w.OnDone(func(f *buffer.Failure) {
+			if f == nil || !f.Retained {
+				s.ack(seg, off)
+			}
+		})
+		for {
+			err := s.buf.PutWaiting(r.key, lines, w)
+			if err == nil {
+				events += r.rows
+				s.m.replayed.Add(float64(r.rows))
+				break
+			}
+			if !errors.Is(err, buffer.ErrFull) {
+				// It can never fit (a smaller buffer than the run that wrote
+				// it) or the buffer closed: say so; the segment stays.
+				s.log.Error("spool record not replayed", "path", seg.path, "events", r.rows, "err", err)
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return events, ctx.Err()
+			case <-time.After(20 * time.Millisecond): // room appears as the flusher delivers
+			}
+		}
+	}
+	s.mu.Lock()
+	seg.pending--
+	if seg.pending <= 0 {
+		s.removeLocked(seg)
+	}
+	s.mu.Unlock()
+	return events, nil
+}
+
+func splitNDJSON(dst [][]byte, data []byte) [][]byte {
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		dst = append(dst, data[:i])
+		data = data[i+1:]
+	}
+	return dst
+}
+
+// Close syncs and closes the current segment, deleting it if nothing in it
+// is still owed upstream. Segments with undelivered events stay for the
+// next start. Put fails with buffer.ErrClosed afterwards.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	s.bgCancel()
+	s.bg.Wait()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.cur
+	s.closed = false // let the last done record be written
+	s.flushDoneLocked()
+	s.closed = true
+	err := s.syncFile(cur.f)
+	if cerr := cur.f.Close(); err == nil {
+		err = cerr
+	}
+	cur.f, cur.sealed = nil, true
+	if cur.pending <= 0 {
+		s.removeLocked(cur)
+	}
+	return err
+}

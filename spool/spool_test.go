@@ -1,0 +1,195 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+func open(t testing.TB, dir string, buf *buffer.Buffer, opts Options) *Spool {
+	t.Helper()
+	opts.Dir = dir
+	s, err := Open(buf, opts, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dir, "seg-*.spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// deliver plays the flusher: it takes everything from buf and finishes it
+// as delivered (or with f).
+func deliver(buf *buffer.Buffer, f *buffer.Failure) int {
+	n := 0
+	for _, e := range buf.Take(nil) {
+		if e.Waiter != nil {
+			e.Waiter.AddPart()
+			e.Waiter.Finish(e.Rows, 0, f)
+		}
+		buf.Release(e.Rows, len(e.Data))
+		n += e.Rows
+	}
+	return n
+}
+
+// TestSurvivesRestart: what was accepted and not delivered when the process
+// stopped is replayed by the next one; what was delivered is not.
+func TestSurvivesRestart(t *testing.T) {
+	for _, mode := range []Fsync{FsyncAlways, FsyncInterval, FsyncNever} {
+		t.Run(map[Fsync]string{FsyncAlways: "always", FsyncInterval: "interval", FsyncNever: "never"}[mode], func(t *testing.T) {
+			dir := t.TempDir()
+			buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+			s := open(t, dir, buf, Options{Fsync: mode, SegmentBytes: 256})
+			for i := range 10 {
+				if err := s.PutWaiting(buffer.Key{Token: "t", Datasource: "ds"}, lines(`{"n":`+string(rune('0'+i))+`}`), nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := deliver(buf, nil); got != 10 {
+				t.Fatalf("delivered %d; want 10", got)
+			}
+			if err := s.PutWaiting(buffer.Key{Token: "t", Datasource: "ds"}, lines(`{"late":1}`, `{"late":2}`), nil); err != nil {
+				t.Fatal(err)
+			}
+			// The process "dies" here: no Close, nothing delivered.
+			if n := len(segments(t, dir)); n != 1 {
+				t.Errorf("%d segment files; want only the one still owed (sealed delivered ones deleted)", n)
+			}
+
+			buf2 := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+			s2 := open(t, dir, buf2, Options{Fsync: mode})
+			n, err := s2.Replay(context.Background())
+			if err != nil || n != 2 {
+				t.Fatalf("Replay: %d events, %v; want the 2 undelivered", n, err)
+			}
+			got := buf2.Take(nil)
+			if len(got) != 1 || string(got[0].Data) != "{\"late\":1}\n{\"late\":2}\n" || got[0].Key.Token != "t" {
+				t.Fatalf("replayed %+v", got)
+			}
+			got[0].Waiter.AddPart()
+			got[0].Waiter.Finish(2, 0, nil)
+			buf2.Release(2, len(got[0].Data))
+			if err := s2.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if left := segments(t, dir); len(left) != 0 {
+				t.Errorf("after everything was delivered and Close: %v remain", left)
+			}
+			if got := testutil.ToFloat64(s2.m.replayed); got != 2 {
+				t.Errorf("tbproxy_spool_replayed_events_total: got %v; want 2", got)
+			}
+		})
+	}
+}
+
+// TestRetainedAtShutdown: rows a shutdown could not deliver keep their
+// segment, to be replayed.
+func TestRetainedAtShutdown(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{})
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	deliver(buf, &buffer.Failure{Status: 503, Retained: true})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(segments(t, dir)) != 1 {
+		t.Fatalf("the retained row's segment was deleted")
+	}
+	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	if n, _ := open(t, dir, buf2, Options{}).Replay(context.Background()); n != 1 {
+		t.Errorf("replayed %d; want the retained row", n)
+	}
+}
+
+// TestRefusedRequestNotReplayed: a request the buffer refused after it was
+// written is cancelled, so a restart does not deliver what the client was
+// told was refused.
+func TestRefusedRequestNotReplayed(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{})
+	buf.Deny(buffer.Key{Token: "revoked", Datasource: "ds"}, time.Now().Add(time.Hour))
+	if err := s.PutWaiting(buffer.Key{Token: "revoked", Datasource: "ds"}, lines(`{}`), nil); !errors.Is(err, buffer.ErrDenied) {
+		t.Fatalf("got %v; want ErrDenied", err)
+	}
+	if err := s.PutWaiting(buffer.Key{Token: "ok", Datasource: "ds"}, lines(`{"kept":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s2 := open(t, dir, buf2, Options{})
+	if n, err := s2.Replay(context.Background()); n != 1 || err != nil {
+		t.Fatalf("replayed %d (%v); want only the accepted request", n, err)
+	}
+	if got := buf2.Take(nil); got[0].Key.Token != "ok" {
+		t.Errorf("replayed %+v", got)
+	}
+}
+
+func TestMaxBytes(t *testing.T) {
+	buf := buffer.New(buffer.Options{MaxEvents: 1 << 20, MaxBytes: 1 << 30})
+	s := open(t, t.TempDir(), buf, Options{MaxBytes: 300, SegmentBytes: 64 << 10})
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		err = s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{"padding":"xxxxxxxxxxxxxxxxxxxx"}`), nil)
+	}
+	if !errors.Is(err, buffer.ErrFull) {
+		t.Fatalf("got %v; want ErrFull once SPOOL_MAX_BYTES is reached", err)
+	}
+	deliver(buf, nil) // room on disk comes back as events are delivered… once their segment rolls
+}
+
+// TestUnwritable: a spool that cannot write refuses the request with
+// ErrStorage, stores nothing, and works again once it can write.
+func TestUnwritable(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Log("running as root: permissions do not stop writes; using a full file instead")
+	}
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{})
+	// Make the current segment's file unwritable by closing it under the
+	// spool: every write now fails, as on a disk that went away.
+	s.mu.Lock()
+	f := s.cur.f
+	s.mu.Unlock()
+	f.Close()
+	err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil)
+	if !errors.Is(err, buffer.ErrStorage) || buf.Len() != 0 {
+		t.Fatalf("got %v with %d buffered; want ErrStorage and nothing stored", err, buf.Len())
+	}
+	if got := testutil.ToFloat64(s.m.writeErrors); got != 1 {
+		t.Errorf("tbproxy_spool_write_errors_total: got %v; want 1", got)
+	}
+	// The disk "comes back": a fresh segment.
+	s.mu.Lock()
+	s.cur.sealed = true
+	s.cur.f = nil
+	s.cur = nil
+	err = s.rollLocked()
+	s.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil); err != nil || buf.Len() != 1 {
+		t.Errorf("after recovery: got %v, %d buffered; want it stored", err, buf.Len())
+	}
+}
