@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# bench/perf.sh: end-to-end performance of the proxy over real loopback
+# sockets, every figure next to the ceiling of its listener stack.
+#
+#   bash bench/perf.sh                  # 10 s per point, about 2.5 minutes
+#   PERF_SECONDS=3 bash bench/perf.sh   # quick run
+#
+# Points (64 connections, K = events per request):
+#   ceiling    cmd/ceiling: the proxy's fasthttp settings, a handler that only
+#              reads the body and answers 202. K = 1, 10, 100.
+#   accept     the proxy with a buffer and batches so large, and a flush
+#              interval so long, that nothing is flushed during the run (file
+#              sink); restarted per point so the buffer starts empty.
+#   sustained  the proxy with default batching (100,000 rows or 1 s, gzip)
+#              shipping to cmd/fakebird -no-validate in proxy-token mode; after
+#              the run the proxy is stopped (SIGTERM drains it) and the rows
+#              fakebird received are compared with the events acknowledged.
+#   latency    the accept path at K = 1, paced at half its measured max req/s;
+#              latency is measured from each request's scheduled send time.
+#              The ceiling paced at the same rate follows, as a reference for
+#              what the machine itself adds to the tail.
+#   RSS        the accept path after 1,000,000 events (K = 100, 10,000
+#              requests): VmRSS against the NDJSON bytes acknowledged.
+#
+# For each K the ceiling, accept and sustained points run back to back, so a
+# ratio compares runs close in time. The server under test runs on core 0 and loadgen on core 1 (taskset). With
+# two cores, fakebird shares core 0 with the proxy in the sustained points,
+# so those figures include the upstream's cost.
+#
+# Environment: PERF_SECONDS (default 10), PERF_CONNS (64), PERF_WARMUP (1s),
+# PERF_KEEP=1 keeps the work directory (binaries, logs, loadgen JSON).
+# Needs go, curl; taskset if available. Binds only 127.0.0.1 (the proxy
+# listens on PORT=0, a free port, on every interface: it has no host setting).
+set -euo pipefail
+
+SECS=${PERF_SECONDS:-10}
+CONNS=${PERF_CONNS:-64}
+WARMUP=${PERF_WARMUP:-1s}
+KS=(1 10 100)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tbproxy-perf.XXXXXX")
+PIDS=()
+
+log() { printf '%s\n' "$*" >&2; }
+die() {
+	log "perf.sh: $*"
+	exit 1
+}
+
+cleanup() {
+	local p
+	for p in ${PIDS[@]+"${PIDS[@]}"}; do
+		kill -9 "$p" 2>/dev/null || true
+	done
+	for p in ${PIDS[@]+"${PIDS[@]}"}; do
+		wait "$p" 2>/dev/null || true
+	done
+	if [[ ${PERF_KEEP:-} == 1 ]]; then
+		log "perf.sh: work directory kept: $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+command -v go >/dev/null || die "go not found"
+command -v curl >/dev/null || die "curl not found"
+[[ $SECS =~ ^[0-9]+$ && $SECS -gt 0 ]] || die "PERF_SECONDS must be a positive whole number of seconds, got '$SECS'"
+
+NPROC=$(nproc)
+SRV=() LG=() PINNING="server on core 0, loadgen on core 1 (taskset)"
+if ! command -v taskset >/dev/null; then
+	log "perf.sh: taskset not found: running unpinned"
+	PINNING="unpinned (taskset not found)"
+elif ((NPROC < 2)); then
+	log "perf.sh: only $NPROC CPU: running unpinned"
+	PINNING="unpinned (1 CPU)"
+else
+	SRV=(taskset -c 0) LG=(taskset -c 1)
+fi
+
+# ---- helpers ---------------------------------------------------------------
+
+# start LOGFILE CMD...: run CMD in the background; sets PID.
+start() {
+	local out=$1
+	shift
+	: >"$out" # exists before the background job opens it, for wait_port
+	"$@" >"$out" 2>&1 &
+	PID=$!
+	PIDS+=("$PID")
+}
+
+# stop PID [SIGNAL]: signal (default KILL) and reap; sets RC to its exit status.
+stop() {
+	local pid=$1 sig=${2:-KILL} i
+	kill "-$sig" "$pid" 2>/dev/null || true
+	if [[ $sig != KILL ]]; then
+		for ((i = 0; i < 450; i++)); do # SHUTDOWN_TIMEOUT is 30s
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -9 "$pid" 2>/dev/null || true
+	fi
+	RC=0
+	wait "$pid" 2>/dev/null || RC=$?
+	local keep=() p
+	for p in ${PIDS[@]+"${PIDS[@]}"}; do
+		[[ $p == "$pid" ]] || keep+=("$p")
+	done
+	PIDS=(${keep[@]+"${keep[@]}"})
+}
+
+# wait_port PID LOGFILE SEDEXPR: wait for the "listening" line; sets PORT.
+wait_port() {
+	local pid=$1 out=$2 expr=$3 i
+	PORT=
+	for ((i = 0; i < 100; i++)); do
+		PORT=$(sed -n "$expr" "$out" 2>/dev/null | head -n1 || true)
+		[[ -n $PORT ]] && return 0
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	log "perf.sh: server did not start; its output:"
+	cat "$out" >&2
+	exit 1
+}
+
+# start_proxy NAME ENV...: start the proxy with a free port; sets PID, PORT.
+start_proxy() {
+	local name=$1
+	shift
+	start "$WORK/$name.log" env PORT=0 LOG_LEVEL=info "$@" ${SRV[@]+"${SRV[@]}"} "$WORK/tbproxy"
+	wait_port "$PID" "$WORK/$name.log" 's/.*"msg":"listening","addr":"[^"]*:\([0-9][0-9]*\)".*/\1/p'
+	curl -fsS -o /dev/null --retry 20 --retry-connrefused --retry-delay 0 "http://127.0.0.1:$PORT/health" ||
+		die "proxy $name does not answer /health"
+}
+
+ACCEPT_ENV=(BUFFER_SIZE=100000000 BUFFER_MAX_BYTES=8GiB MAX_BODY_BYTES=10MiB
+	BATCH_SIZE=100000000 BATCH_MAX_BYTES=1GiB FLUSH_INTERVAL=1h)
+
+# start_accept NAME: the accept-path proxy with an empty file sink.
+start_accept() {
+	mkdir -p "$WORK/sink-$1"
+	start_proxy "$1" "${ACCEPT_ENV[@]}" "TINYBIRD_BASE_URL=file://$WORK/sink-$1"
+}
+
+# loadgen NAME ARGS...: run loadgen on the loadgen core; JSON in $WORK/NAME.json.
+loadgen() {
+	local name=$1
+	shift
+	if ! ${LG[@]+"${LG[@]}"} "$WORK/loadgen" -conns "$CONNS" -warmup "$WARMUP" -json "$@" \
+		>"$WORK/$name.json" 2>"$WORK/$name.txt"; then
+		cat "$WORK/$name.txt" >&2
+		die "loadgen $name failed"
+	fi
+	sed -n '2,5p' "$WORK/$name.txt" | sed "s/^/  [$name]/" >&2
+}
+
+# j NAME KEY: a number from loadgen's JSON.
+j() { sed -n "s/.*\"$2\":\(-\{0,1\}[0-9][0-9.eE+-]*\).*/\1/p" "$WORK/$1.json"; }
+
+# answers NAME: "202×N" plus every other status, from loadgen's JSON.
+answers() {
+	sed -n 's/.*"status":{\([^}]*\)}.*/\1/p' "$WORK/$1.json" |
+		tr ',' '\n' | tr -d '"' | while IFS=: read -r code count; do
+		printf '%s%s×%s' "${sep:-}" "$code" "$(n "$count")"
+		sep=", "
+	done
+	local bad
+	bad=$(j "$1" bad_body)
+	[[ ${bad:-0} == 0 ]] || printf ', **%s 2xx with a wrong body**' "$bad"
+}
+
+# non2xx NAME: how many measured requests did not get a good 2xx.
+non2xx() { awk -v r="$(j "$1" requests)" -v o="$(j "$1" ok_requests)" 'BEGIN { print r - o }'; }
+
+# check_log NAME: sets LOGNOTE to a note about ERROR/WARN lines in a proxy
+# log and records them as problems.
+check_log() {
+	local e w
+	e=$(grep -c '"level":"ERROR"' "$WORK/$1.log" || true)
+	w=$(grep -c '"level":"WARN"' "$WORK/$1.log" || true)
+	LOGNOTE=
+	if ((e + w > 0)); then
+		LOGNOTE="; **log: $e ERROR, $w WARN**"
+		PROBLEMS+=("$1: $e ERROR and $w WARN log lines, e.g. $(grep -m1 -E '"level":"(ERROR|WARN)"' "$WORK/$1.log" | cut -c1-300)")
+	fi
+}
+
+# cpu_note PID: sets CPUNOTE to the process's CPU time and page faults so far.
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+cpu_note() {
+	CPUNOTE=$(awk -v hz="$CLK_TCK" '{ printf "CPU %.1f s user + %.1f s sys, %.0fk page faults", $14 / hz, $15 / hz, $10 / 1000 }' "/proc/$1/stat" 2>/dev/null || true)
+}
+
+# metric PORT NAME: one value from the proxy's /metrics.
+metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { printf "%.0f", $2 }'; }
+
+n() {
+	LC_ALL=C awk -v x="$1" 'BEGIN {
+		s = sprintf("%.0f", x); out = ""
+		while (length(s) > 3 && substr(s, length(s) - 3, 1) ~ /[0-9]/) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
+		print s out }'
+}
+f() { LC_ALL=C awk -v x="$1" -v p="${2:-2}" 'BEGIN { printf "%.*f", p, x }'; }
+ratio() { LC_ALL=C awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+ROWS=()
+PROBLEMS=()
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 | $8 |"); }
+
+# ---- build -----------------------------------------------------------------
+
+START=$(date +%s)
+DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+log "perf.sh: building into $WORK"
+(cd "$ROOT" && go build -o "$WORK/" . ./cmd/loadgen ./cmd/ceiling ./cmd/fakebird)
+[[ -x $WORK/tbproxy ]] || die "build did not produce $WORK/tbproxy"
+LGARGS=(-duration "${SECS}s")
+
+# ---- throughput: ceiling, accept path, sustained, per K ---------------------
+# The three points of one K run back to back, so each ratio compares runs
+# close in time on a machine whose load may change.
+
+declare -A CEIL_RPS ACC_RPS
+
+# start_ceiling NAME: sets PID, PORT.
+start_ceiling() {
+	start "$WORK/$1.log" ${SRV[@]+"${SRV[@]}"} "$WORK/ceiling" -addr 127.0.0.1:0
+	wait_port "$PID" "$WORK/$1.log" 's/^ceiling: listening on .*:\([0-9][0-9]*\)$/\1/p'
+}
+
+run_ceiling() {
+	local k=$1
+	log "perf.sh: ceiling, K=$k"
+	start_ceiling "ceiling-$k"
+	loadgen "ceiling-$k" -url "http://127.0.0.1:$PORT" -events "$k" "${LGARGS[@]}"
+	stop "$PID"
+	CEIL_RPS[$k]=$(j "ceiling-$k" req_per_s)
+	row ceiling "$k" "$(n "${CEIL_RPS[$k]}")" "$(n "$(j "ceiling-$k" events_per_s)")" 1.00 \
+		"$(f "$(j "ceiling-$k" p50_ms)")" "$(f "$(j "ceiling-$k" p99_ms)")" "$(answers "ceiling-$k")"
+}
+
+run_accept() {
+	local k=$1 held acked note
+	log "perf.sh: accept path, K=$k"
+	start_accept "accept-$k"
+	loadgen "accept-$k" -url "http://127.0.0.1:$PORT" -events "$k" "${LGARGS[@]}"
+	ACC_RPS[$k]=$(j "accept-$k" req_per_s)
+	held=$(metric "$PORT" tbproxy_buffer_events)
+	cpu_note "$PID"
+	stop "$PID" # SIGKILL: nothing is to be delivered, and the sink would get GBs
+	check_log "accept-$k"
+	acked=$(j "accept-$k" all_events)
+	note="$(answers "accept-$k"); holds $(n "$held") of $(n "$acked") acked events; proxy $CPUNOTE"
+	if [[ $held != "$acked" ]]; then
+		note="**$note**"
+		PROBLEMS+=("accept K=$k: the buffer holds $held events but $acked were acknowledged")
+	fi
+	row "accept path" "$k" "$(n "${ACC_RPS[$k]}")" "$(n "$(j "accept-$k" events_per_s)")" \
+		"**$(ratio "${ACC_RPS[$k]}" "${CEIL_RPS[$k]}")**" \
+		"$(f "$(j "accept-$k" p50_ms)")" "$(f "$(j "accept-$k" p99_ms)")" "$note$LOGNOTE"
+	[[ $(non2xx "accept-$k") == 0 ]] || PROBLEMS+=("accept K=$k: non-2xx answers: $(answers "accept-$k")")
+}
+
+run_sustained() {
+	local k=$1 fb_pid fb_port drain_rc rows acked rps note
+	log "perf.sh: sustained, K=$k"
+	start "$WORK/fakebird-$k.log" ${SRV[@]+"${SRV[@]}"} "$WORK/fakebird" -addr 127.0.0.1:0 -no-validate -tokens tb_perf_upstream
+	fb_pid=$PID
+	wait_port "$PID" "$WORK/fakebird-$k.log" 's/^fakebird: listening on .*:\([0-9][0-9]*\) .*/\1/p'
+	fb_port=$PORT
+	start_proxy "sustained-$k" TINYBIRD_TOKEN=tb_perf_upstream AUTHORIZATION_TOKEN=tb_perf_client \
+		"TINYBIRD_BASE_URL=http://127.0.0.1:$fb_port"
+	loadgen "sustained-$k" -url "http://127.0.0.1:$PORT" -events "$k" -token tb_perf_client "${LGARGS[@]}"
+	cpu_note "$PID"
+	stop "$PID" TERM # drains the buffer to fakebird
+	drain_rc=$RC
+	check_log "sustained-$k"
+	rows=$(curl -fsS "http://127.0.0.1:$fb_port/stats" | sed -n 's/.*"rows":\([0-9]*\).*/\1/p')
+	stop "$fb_pid" TERM
+	acked=$(j "sustained-$k" all_events)
+	rps=$(j "sustained-$k" req_per_s)
+	note="$(answers "sustained-$k"); upstream got $(n "$rows") rows of $(n "$acked") acked; drain exit $drain_rc; proxy $CPUNOTE"
+	if [[ $rows != "$acked" || $drain_rc != 0 ]]; then
+		note="**$note**"
+		PROBLEMS+=("sustained K=$k: fakebird received $rows rows for $acked acknowledged events; proxy exit status $drain_rc after SIGTERM")
+	fi
+	[[ $(non2xx "sustained-$k") == 0 ]] || PROBLEMS+=("sustained K=$k: non-2xx answers: $(answers "sustained-$k")")
+	row sustained "$k" "$(n "$rps")" "$(n "$(j "sustained-$k" events_per_s)")" "**$(ratio "$rps" "${CEIL_RPS[$k]}")**" \
+		"$(f "$(j "sustained-$k" p50_ms)")" "$(f "$(j "sustained-$k" p99_ms)")" "$note$LOGNOTE"
+}
+
+for k in "${KS[@]}"; do
+	run_ceiling "$k"
+	run_accept "$k"
+	run_sustained "$k"
+done
+
+# ---- latency at half the max rate -----------------------------------------
+# The ceiling at the same rate, right after, shows how much of the tail is
+# the machine's (other processes, scheduling) rather than the proxy's.
+
+# latency_row NAME LABEL
+latency_row() {
+	local late
+	late=$(j "$1" late_unsent)
+	row "$2" 1 "$(n "$(j "$1" req_per_s)")" "$(n "$(j "$1" events_per_s)")" — \
+		"$(f "$(j "$1" p50_ms)")" "**$(f "$(j "$1" p99_ms)")**" \
+		"p99.9 $(f "$(j "$1" p999_ms)") ms, max $(f "$(j "$1" max_ms)") ms, from scheduled send; $(answers "$1")${late:+; $(n "$late") scheduled requests not sent by the end (behind schedule)}${3:-}"
+}
+
+RATE=$(LC_ALL=C awk -v r="${ACC_RPS[1]}" 'BEGIN { printf "%.0f", r / 2 }')
+if ((RATE > 0)); then
+	log "perf.sh: latency, accept path and ceiling at $RATE req/s"
+	start_accept latency
+	loadgen latency -url "http://127.0.0.1:$PORT" -events 1 -rate "$RATE" "${LGARGS[@]}"
+	stop "$PID"
+	check_log latency
+	latency_row latency "latency: accept path paced at $(n "$RATE") req/s (½ its max)" "$LOGNOTE"
+	start_ceiling latency-ceiling
+	loadgen latency-ceiling -url "http://127.0.0.1:$PORT" -events 1 -rate "$RATE" "${LGARGS[@]}"
+	stop "$PID"
+	latency_row latency-ceiling "latency reference: ceiling at the same rate"
+fi
+
+# ---- RSS after 1,000,000 events --------------------------------------------
+
+log "perf.sh: RSS, accept path, 1,000,000 events"
+start_accept rss
+rss0=$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$PID/status")
+loadgen rss -url "http://127.0.0.1:$PORT" -events 100 -requests 10000 -warmup 0
+rss=$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$PID/status")
+hwm=$(awk '/^VmHWM:/ { print $2 * 1024 }' "/proc/$PID/status")
+bbytes=$(metric "$PORT" tbproxy_buffer_bytes)
+bevents=$(metric "$PORT" tbproxy_buffer_events)
+stop "$PID"
+check_log rss
+sent=$(j rss all_bytes)
+mib() { LC_ALL=C awk -v b="$1" 'BEGIN { printf "%.0f MiB", b / 1048576 }'; }
+row "RSS: accept path after $(n "$(j rss all_events)") events" 100 "$(n "$(j rss req_per_s)")" "$(n "$(j rss events_per_s)")" — \
+	"$(f "$(j rss p50_ms)")" "$(f "$(j rss p99_ms)")" \
+	"VmRSS $(mib "$rss") = **$(ratio "$rss" "$sent")×** the $(mib "$sent") of NDJSON sent ($(ratio "$((rss - rss0))" "$sent")× above the idle $(mib "$rss0")); peak $(mib "$hwm"); tbproxy_buffer_bytes $(n "$bbytes") ($(n "$bevents") events); $(answers rss)$LOGNOTE"
+
+# ---- report ----------------------------------------------------------------
+
+CPU=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
+cat <<EOF
+
+## tbproxy performance, $DATE
+
+Machine: ${NPROC} CPUs, ${CPU:-unknown CPU}; $(go version | cut -d' ' -f3-); kernel $(uname -r); load average at start $LOADAVG.
+Setup: $CONNS connections, ${SECS} s per point after a $WARMUP warm-up, ~$(j accept-1 event_bytes) B events; $PINNING; the sustained points run fakebird on the server core too.
+req/s and events/s count acknowledged (2xx) requests only; "× ceiling" is proxy / ceiling at the same K, for req/s and events/s alike. Latency in ms.
+The accept path keeps every event in memory, so at large K it also measures how fast the kernel hands out fresh pages (see its page faults and sys time; on some VMs first touch of memory is several times slower than reuse); the sustained points recycle their memory.
+
+| Point | K | req/s | events/s | × ceiling | p50 | p99 | Answers, notes |
+|---|---|---|---|---|---|---|---|
+EOF
+printf '%s\n' "${ROWS[@]}"
+echo
+if ((${#PROBLEMS[@]} > 0)); then
+	echo "Problems seen:"
+	printf -- '- %s\n' "${PROBLEMS[@]}"
+else
+	echo "No problems seen: every request got its 2xx with the right row count, the accept-path buffers held every acknowledged event, the sustained runs delivered every acknowledged row and drained with exit 0, and the proxy logged no ERROR or WARN."
+fi
+echo
+echo "Took $(($(date +%s) - START)) s."
