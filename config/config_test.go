@@ -148,8 +148,8 @@ func TestLoadInvalid(t *testing.T) {
 		{"port too large", map[string]string{"PORT": "65536"}, `PORT: must be between 0 and 65535, got 65536`},
 		{"port negative", map[string]string{"PORT": "-1"}, `PORT: must be between 0 and 65535, got -1`},
 		{"port overflow", map[string]string{"PORT": "99999999999"}, `PORT: integer "99999999999" out of range`},
-		{"base URL ftp", map[string]string{"TINYBIRD_BASE_URL": "ftp://x"}, `TINYBIRD_BASE_URL: unsupported scheme "ftp"; want http://<host>, https://<host> or file://<dir>`},
-		{"base URL no scheme", map[string]string{"TINYBIRD_BASE_URL": "api.tinybird.co"}, `TINYBIRD_BASE_URL: unsupported URL; want http://<host>, https://<host> or file://<dir>`},
+		{"base URL ftp", map[string]string{"TINYBIRD_BASE_URL": "ftp://x"}, `TINYBIRD_BASE_URL: unsupported scheme "ftp"; want http://<host>, https://<host>, clickhouse://<host>/<database> or file://<dir>`},
+		{"base URL no scheme", map[string]string{"TINYBIRD_BASE_URL": "api.tinybird.co"}, `TINYBIRD_BASE_URL: unsupported URL; want http://<host>, https://<host>, clickhouse://<host>/<database> or file://<dir>`},
 		{"base URL no host", map[string]string{"TINYBIRD_BASE_URL": "https:///v0"}, `TINYBIRD_BASE_URL: missing host`},
 		{"base URL query", map[string]string{"TINYBIRD_BASE_URL": "https://api.tinybird.co?token=x"}, `TINYBIRD_BASE_URL: must not contain a query`},
 		{"base URL unparsable", map[string]string{"TINYBIRD_BASE_URL": "http://a b"}, `TINYBIRD_BASE_URL: not a valid URL`},
@@ -231,7 +231,7 @@ func TestLoadReportsAll(t *testing.T) {
 	want := `PORT: invalid integer "abc"` + "\n" +
 		`BATCH_SIZE: invalid integer "abc"` + "\n" +
 		`RETRY_MIN_BACKOFF: invalid duration "abc" (want a Go duration such as 30s or 250ms)` + "\n" +
-		`TINYBIRD_BASE_URL: unsupported scheme "ftp"; want http://<host>, https://<host> or file://<dir>` + "\n" +
+		`TINYBIRD_BASE_URL: unsupported scheme "ftp"; want http://<host>, https://<host>, clickhouse://<host>/<database> or file://<dir>` + "\n" +
 		`LOG_FORMAT: must be json or text, got "xml"`
 	if got != want {
 		t.Errorf("got %q; want %q", got, want)
