@@ -219,13 +219,15 @@ func (s *Spool) append(rec []byte) (*segment, int64, uint64, error) {
 	if s.closed {
 		return nil, 0, 0, buffer.ErrClosed
 	}
-	if s.total+int64(len(rec)) > s.opts.MaxBytes {
-		return nil, 0, 0, buffer.ErrFull
-	}
+	// Roll first: sealing a segment whose events are all done deletes it,
+	// which may be exactly the room the limit below needs.
 	if s.cur.size+int64(len(rec)) > s.opts.SegmentBytes && s.cur.size > headerLen {
 		if err := s.rollLocked(); err != nil {
 			return nil, 0, 0, err
 		}
+	}
+	if s.total+int64(len(rec)) > s.opts.MaxBytes {
+		return nil, 0, 0, buffer.ErrFull
 	}
 	seg, start := s.cur, s.cur.size
 	// Records retired since the last write go down in the same write.

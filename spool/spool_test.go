@@ -154,7 +154,25 @@ func TestMaxBytes(t *testing.T) {
 	if !errors.Is(err, buffer.ErrFull) {
 		t.Fatalf("got %v; want ErrFull once SPOOL_MAX_BYTES is reached", err)
 	}
-	deliver(buf, nil) // room on disk comes back as events are delivered… once their segment rolls
+}
+
+// TestRoomComesBack: once the events in the spool are delivered, their
+// segments go and writes are accepted again, even with a limit of a single
+// segment.
+func TestRoomComesBack(t *testing.T) {
+	buf := buffer.New(buffer.Options{MaxEvents: 1 << 20, MaxBytes: 1 << 30})
+	s := open(t, t.TempDir(), buf, Options{MaxBytes: 400, SegmentBytes: 400})
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		err = s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{"padding":"xxxxxxxxxxxxxxxxxxxx"}`), nil)
+	}
+	if !errors.Is(err, buffer.ErrFull) {
+		t.Fatalf("got %v; want ErrFull at the limit", err)
+	}
+	deliver(buf, nil)
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{"again":1}`), nil); err != nil {
+		t.Errorf("after everything was delivered: got %v; want the write accepted", err)
+	}
 }
 
 // TestUnwritable: a spool that cannot write refuses the request with
