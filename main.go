@@ -54,7 +54,7 @@ func run() int {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	buf := buffer.New(buffer.Options{MaxEvents: cfg.BufferSize, MaxBytes: int(cfg.BufferMaxBytes)})
-	up, err := newUpstream(cfg)
+	up, err := newUpstream(cfg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 2
@@ -85,6 +85,9 @@ func run() int {
 	}
 	if cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0 {
 		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this proxy can write events and read the rest of the API with its TINYBIRD_TOKEN")
+	}
+	if _, ch := cfg.ClickHouse(); ch && len(cfg.AuthorizationTokens) == 0 {
+		log.Warn("ALLOW_UNAUTHENTICATED=true: anyone who can reach this proxy can write events into ClickHouse")
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "config", cfg)
 
@@ -138,8 +141,9 @@ func run() int {
 
 func proxyOptions(cfg config.Config, fl *flusher.Flusher, reg *prometheus.Registry) proxy.Options {
 	_, fileSink := cfg.FileSinkDir()
+	_, clickhouse := cfg.ClickHouse() // writes with its own user: no client tokens go upstream, no API to pass through
 	var pass proxy.PassthroughOptions
-	if cfg.Passthrough && !fileSink {
+	if cfg.Passthrough && !fileSink && !clickhouse {
 		pass = proxy.PassthroughOptions{BaseURL: cfg.TinybirdBaseURL, Token: cfg.TinybirdToken, Timeout: cfg.UpstreamTimeout,
 			// An open proxy must not let anyone truncate datasources with TINYBIRD_TOKEN.
 			ReadOnly: cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0}
@@ -150,7 +154,7 @@ func proxyOptions(cfg config.Config, fl *flusher.Flusher, reg *prometheus.Regist
 	}
 	return proxy.Options{
 		MaxBodyBytes:    int(cfg.MaxBodyBytes),
-		PassThrough:     !cfg.ProxyTokenMode() && !fileSink,
+		PassThrough:     !cfg.ProxyTokenMode() && !fileSink && !clickhouse,
 		Tokens:          cfg.AuthorizationTokens,
 		HighWatermark:   cfg.BufferHighWatermark,
 		WaitTimeout:     cfg.WaitTimeout,
@@ -199,9 +203,12 @@ func flusherOptions(cfg config.Config, up flusher.Upstream) flusher.Options {
 	}
 }
 
-func newUpstream(cfg config.Config) (flusher.Upstream, error) {
+func newUpstream(cfg config.Config, log *slog.Logger) (flusher.Upstream, error) {
 	if dir, ok := cfg.FileSinkDir(); ok {
 		return flusher.NewFileSink(dir)
+	}
+	if ch, ok := cfg.ClickHouse(); ok {
+		return newClickHouse(cfg, ch, log)
 	}
 	return flusher.NewTinybird(flusher.TinybirdOptions{
 		BaseURL:   cfg.TinybirdBaseURL,

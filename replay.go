@@ -48,12 +48,13 @@ func replay(args []string) int {
 		fmt.Fprintf(os.Stderr, "tbproxy replay: invalid configuration:\n%v\n", err)
 		return 2
 	}
-	if _, fileSink := cfg.FileSinkDir(); !fileSink && !cfg.ProxyTokenMode() {
+	_, fileSink := cfg.FileSinkDir()
+	if _, clickhouse := cfg.ClickHouse(); !fileSink && !clickhouse && !cfg.ProxyTokenMode() {
 		fmt.Fprintln(os.Stderr, "tbproxy replay: set TINYBIRD_TOKEN to the token to write with (dead letters never store tokens)")
 		return 2
 	}
 	log := newLogger(cfg)
-	up, err := newUpstream(cfg)
+	up, err := newUpstream(cfg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 2

@@ -271,6 +271,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("idle_timeout", c.IdleTimeout.String()),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_format", c.LogFormat),
+		slog.Bool("clickhouse_password_set", c.ClickHousePassword != ""),
+		slog.Float64("clickhouse_allow_errors_ratio", c.ClickHouseAllowErrorsRatio),
 	)
 }
 

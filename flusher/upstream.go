@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// Upstream delivers batches somewhere: Tinybird's Events API, or a local
-// directory. Send returns nil only when the upstream acknowledged the batch.
+// Upstream delivers batches somewhere: Tinybird's Events API ([Tinybird]),
+// a ClickHouse server ([ClickHouse]), or a local directory ([FileSink]). Send returns nil only when the upstream acknowledged the batch.
 // A failure worth retrying is reported as an error wrapping a
 // *RetryableError; any other error means retrying cannot help and the batch
 // is dropped. Send must honour ctx's deadline and must not keep b after it

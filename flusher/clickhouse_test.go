@@ -1,0 +1,407 @@
+package flusher
+
+import (
+	"compress/gzip"
+	"context"
+	"encoding/base64"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+// chBatch returns a batch of lines for ds, first accepted at accepted.
+func chBatch(ds string, accepted int64, lines ...string) *Batch {
+	b := &Batch{Key: buffer.Key{Datasource: ds}}
+	data := strings.Join(lines, "\n") + "\n"
+	b.add([]byte(data), len(lines), accepted, nil)
+	return b
+}
+
+func TestParseCHError(t *testing.T) {
+	t.Parallel()
+	f := func(status int, code, body string, wantCode int, wantName, wantText string) {
+		t.Helper()
+		e := parseCHError(status, func(k string) string {
+			if k == "X-ClickHouse-Exception-Code" {
+				return code
+			}
+			return ""
+		}, []byte(body))
+		if e.code != wantCode || e.name != wantName || e.text != wantText {
+			t.Errorf("parseCHError(%d, %q): got code %d name %q text %q; want %d %q %q",
+				status, body, e.code, e.name, e.text, wantCode, wantName, wantText)
+		}
+	}
+	// ClickHouse 18.16, as captured from the server.
+	f(404, "", "Code: 60, e.displayText() = DB::Exception: Table analytics.nope doesn't exist., e.what() = DB::Exception\n",
+		60, "UNKNOWN_TABLE", "Table analytics.nope doesn't exist.")
+	f(401, "", "Code: 193, e.displayText() = DB::Exception: Wrong password for user tb, e.what() = DB::Exception\n",
+		193, "WRONG_PASSWORD", "Wrong password for user tb")
+	f(500, "", "Code: 27, e.displayText() = DB::Exception: Cannot parse input: expected \" before: abc\": (at row 1)\n, e.what() = DB::Exception\n",
+		27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "Cannot parse input: expected \" before: abc\": (at row 1)")
+	// The format of 21.x and later, code also in a header.
+	f(404, "60", "Code: 60. DB::Exception: Table analytics.nope does not exist. (UNKNOWN_TABLE) (version 23.8.1.1)\n",
+		60, "UNKNOWN_TABLE", "Table analytics.nope does not exist.")
+	f(500, "252", "Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts. (TOO_MANY_PARTS) (version 24.3.2.23 (official build))",
+		252, "TOO_MANY_PARTS", "Too many parts (300). Merges are processing significantly slower than inserts.")
+	f(400, "", "Code: 1234. DB::Exception: something new (CANNOT_PARSE_WHATEVER) (version 25.1.1.1)",
+		1234, "CANNOT_PARSE_WHATEVER", "something new")
+	// Not ClickHouse: a proxy in front of it.
+	f(502, "", "<html>bad gateway</html>", 0, "", "<html>bad gateway</html>")
+	f(503, "", "", 0, "", "(empty body)")
+}
+
+func TestClickHouseRefusal(t *testing.T) {
+	t.Parallel()
+	c, err := NewClickHouse(ClickHouseOptions{Addr: "127.0.0.1:1", User: "writer", Password: "pw-SECRET", Database: "analytics"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const table = "`analytics`.`page_views`"
+	for _, tt := range []struct {
+		name       string
+		status     int
+		body       string
+		wantRetry  bool
+		wantStatus int    // StatusError's, for final refusals
+		wantIn     string // in the message
+	}{
+		{"unknown table", 404, "Code: 60, e.displayText() = DB::Exception: Table analytics.page_views doesn't exist., e.what() = DB::Exception", false, 404, "table `analytics`.`page_views` does not exist"},
+		{"unknown database", 404, "Code: 81, e.displayText() = DB::Exception: Database analytics doesn't exist, e.what() = DB::Exception", false, 404, "database `analytics` does not exist"},
+		{"wrong password", 401, "Code: 193, e.displayText() = DB::Exception: Wrong password for user writer, e.what() = DB::Exception", false, 403, `refused user "writer"`},
+		{"unknown user", 401, "Code: 192, e.displayText() = DB::Exception: Unknown user writer, e.what() = DB::Exception", false, 403, "UNKNOWN_USER"},
+		{"authentication failed", 516, "Code: 516. DB::Exception: writer: Authentication failed: password is incorrect, or there is no user with such name. (AUTHENTICATION_FAILED) (version 23.8.1.1)", false, 403, "AUTHENTICATION_FAILED"},
+		{"readonly", 500, "Code: 164, e.displayText() = DB::Exception: Cannot execute query in readonly mode, e.what() = DB::Exception", false, 403, "READONLY"},
+		{"parse error 27", 500, "Code: 27, e.displayText() = DB::Exception: Cannot parse input: expected \" before: abc, e.what() = DB::Exception", false, 400, "cannot parse the rows for " + table},
+		{"parse error 26", 500, "Code: 26, e.displayText() = DB::Exception: Cannot parse quoted string, e.what() = DB::Exception", false, 400, "CANNOT_PARSE_QUOTED_STRING"},
+		{"parse error 6", 400, "Code: 6. DB::Exception: Cannot parse string 'x' as UInt64. (CANNOT_PARSE_TEXT) (version 23.8.1.1)", false, 400, "CANNOT_PARSE_TEXT"},
+		{"incorrect data 117", 500, "Code: 117, e.displayText() = DB::Exception: Unknown field found while parsing JSONEachRow format: x, e.what() = DB::Exception", false, 400, "INCORRECT_DATA"},
+		{"too many parts", 500, "Code: 252, e.displayText() = DB::Exception: Too many parts (300), e.what() = DB::Exception", true, 0, "TOO_MANY_PARTS"},
+		{"memory limit", 500, "Code: 241. DB::Exception: Memory limit (total) exceeded. (MEMORY_LIMIT_EXCEEDED) (version 23.8.1.1)", true, 0, "MEMORY_LIMIT_EXCEEDED"},
+		{"timeout 159", 500, "Code: 159, e.displayText() = DB::Exception: Timeout exceeded, e.what() = DB::Exception", true, 0, "TIMEOUT_EXCEEDED"},
+		{"socket timeout 209", 500, "Code: 209, e.displayText() = DB::NetException: Timeout exceeded while reading from socket, e.what() = DB::NetException", true, 0, "SOCKET_TIMEOUT"},
+		{"unknown setting", 404, "Code: 115, e.displayText() = DB::Exception: Unknown setting insert_deduplication_token, e.what() = DB::Exception", true, 0, "detecting the server's settings again"},
+		{"other 5xx code", 500, "Code: 999999. DB::Exception: who knows (SOMETHING) (version 30.1)", true, 0, "who knows"},
+		{"other 4xx code", 400, "Code: 999998. DB::Exception: refused (SOMETHING_ELSE) (version 30.1)", false, 400, "refused"},
+		{"proxy 502", 502, "bad gateway", true, 0, "bad gateway"},
+		{"proxy 429", 429, "slow down", true, 0, "slow down"},
+		{"proxy 403", 403, "forbidden", false, 403, "forbidden"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := c.refusal(parseCHError(tt.status, func(string) string { return "" }, []byte(tt.body)), table, 10)
+			_, retry := isRetryable(err)
+			if retry != tt.wantRetry {
+				t.Errorf("retryable: got %v; want %v (%v)", retry, tt.wantRetry, err)
+			}
+			var se *StatusError
+			if !tt.wantRetry {
+				if !errors.As(err, &se) || se.Status != tt.wantStatus {
+					t.Errorf("got %#v; want a *StatusError with status %d", err, tt.wantStatus)
+				}
+			}
+			if !strings.Contains(err.Error(), tt.wantIn) {
+				t.Errorf("error %q: want it to contain %q", err, tt.wantIn)
+			}
+			if strings.Contains(err.Error(), "pw-SECRET") {
+				t.Errorf("error %q contains the password", err)
+			}
+		})
+	}
+}
+
+func TestQuoteIdent(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"page_views": "`page_views`",
+		"a`b":        "`a\\`b`",
+		`a\b`:        "`a\\\\b`",
+	} {
+		if got := quoteIdent(in); got != want {
+			t.Errorf("quoteIdent(%q): got %s; want %s", in, got, want)
+		}
+	}
+	if got, want := quoteString(`it's \`), `'it\'s \\'`; got != want {
+		t.Errorf("quoteString: got %s; want %s", got, want)
+	}
+}
+
+func TestSummaryWritten(t *testing.T) {
+	t.Parallel()
+	f := func(h string, want int, wantOK bool) {
+		t.Helper()
+		if got, ok := summaryWritten([]byte(h)); got != want || ok != wantOK {
+			t.Errorf("summaryWritten(%q): got %d, %v; want %d, %v", h, got, ok, want, wantOK)
+		}
+	}
+	f(`{"read_rows":"0","read_bytes":"0","written_rows":"98","written_bytes":"1234","total_rows_to_read":"0"}`, 98, true)
+	f(`{"written_rows":7}`, 7, true)
+	f(``, 0, false)
+	f(`{"read_rows":"3"}`, 0, false)
+	f(`not json`, 0, false)
+}
+
+func TestNewClickHouseChecks(t *testing.T) {
+	t.Parallel()
+	for _, o := range []ClickHouseOptions{
+		{Database: "x"},
+		{Addr: "h:1"},
+		{Addr: "h:1", Database: "x", AllowErrorsRatio: 1.5},
+		{Addr: "h:1", Database: "x", AllowErrorsRatio: -0.1},
+	} {
+		if _, err := NewClickHouse(o); err == nil {
+			t.Errorf("NewClickHouse(%+v): got nil error; want one", o)
+		}
+	}
+}
+
+// fakeCH is a scripted stand-in for ClickHouse's HTTP interface, for what a
+// real 18.16 server cannot show: newer servers' summary header and
+// deduplication setting, and chosen failures.
+type fakeCH struct {
+	t      *testing.T
+	answer func(n int) (status int, header map[string]string, body string) // n: 1-based insert number
+
+	mu       sync.Mutex // protects the fields below: the handler runs on the server's goroutines
+	settings string     // the detection query's answer
+	detects  int
+	inserts  []fakeInsert
+}
+
+// seen returns how many detections and which inserts the fake has served.
+func (f *fakeCH) seen() (int, []fakeInsert) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.detects, append([]fakeInsert(nil), f.inserts...)
+}
+
+type fakeInsert struct {
+	params   map[string]string
+	body     string
+	auth     string
+	encoding string
+}
+
+func (f *fakeCH) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if !strings.HasPrefix(q.Get("query"), "INSERT") {
+		sql, _ := io.ReadAll(r.Body)
+		if !strings.Contains(string(sql), "system.settings") { // e.g. the query_log lookup
+			http.Error(w, "Code: 62. DB::Exception: unexpected query in fake (SYNTAX_ERROR)", 400)
+			return
+		}
+		f.mu.Lock()
+		f.detects++
+		settings := f.settings
+		f.mu.Unlock()
+		io.WriteString(w, settings)
+		return
+	}
+	zr, err := gzip.NewReader(r.Body)
+	if err != nil {
+		f.t.Errorf("insert body is not gzip: %v", err)
+		return
+	}
+	body, _ := io.ReadAll(zr)
+	in := fakeInsert{params: map[string]string{}, body: string(body), auth: r.Header.Get("Authorization"), encoding: r.Header.Get("Content-Encoding")}
+	for k := range q {
+		in.params[k] = q.Get(k)
+	}
+	f.mu.Lock()
+	f.inserts = append(f.inserts, in)
+	n := len(f.inserts)
+	f.mu.Unlock()
+	status, header, text := 200, map[string]string(nil), ""
+	if f.answer != nil {
+		status, header, text = f.answer(n)
+	}
+	for k, v := range header {
+		w.Header().Set(k, v)
+	}
+	w.WriteHeader(status)
+	io.WriteString(w, text)
+}
+
+func newFakeCH(t *testing.T, settings string, answer func(int) (int, map[string]string, string)) (*fakeCH, *ClickHouse) {
+	t.Helper()
+	f := &fakeCH{t: t, settings: settings, answer: answer}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	c, err := NewClickHouse(ClickHouseOptions{Addr: strings.TrimPrefix(srv.URL, "http://"), User: "writer",
+		Password: "pw", Database: "analytics", AllowErrorsRatio: 0.5, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, c
+}
+
+const newServerSettings = "insert_deduplication_token\ndate_time_input_format\ninput_format_parallel_parsing\nversion 24.3.2.23\n"
+
+// TestClickHouseSendRequest: the insert, its settings, credentials and a
+// byte-identical gzip body; the deduplication token is stable for a batch
+// and differs for another batch with the same rows.
+func TestClickHouseSendRequest(t *testing.T) {
+	t.Parallel()
+	f, c := newFakeCH(t, newServerSettings, func(int) (int, map[string]string, string) {
+		return 200, map[string]string{"X-ClickHouse-Summary": `{"written_rows":"3"}`}, ""
+	})
+	lines := []string{`{"id":18446744073709551615,"s":"Zürich 東京 \u00e9"}`, `{"b":2,"a":1}`, `{"n":9007199254740993}`}
+	ctx := context.Background()
+	for _, b := range []*Batch{chBatch("page_views", 100, lines...), chBatch("page_views", 100, lines...), chBatch("page_views", 101, lines...)} {
+		res, err := c.Send(ctx, b)
+		if err != nil || res.SuccessfulRows != 3 || res.QuarantinedRows != 0 || res.Status != 200 {
+			t.Fatalf("Send: got %+v, %v; want 3 successful rows", res, err)
+		}
+	}
+	detects, inserts := f.seen()
+	if detects != 1 {
+		t.Errorf("feature detections: got %d; want 1", detects)
+	}
+	in := inserts[0]
+	want := map[string]string{
+		"query":                            "INSERT INTO `analytics`.`page_views` FORMAT JSONEachRow",
+		"input_format_skip_unknown_fields": "1",
+		"input_format_allow_errors_ratio":  "0.5",
+		"input_format_allow_errors_num":    "1",
+		"date_time_input_format":           "best_effort",
+		"input_format_parallel_parsing":    "0",
+		"log_queries":                      "1", // until a summary header was seen
+	}
+	for k, v := range want {
+		if in.params[k] != v {
+			t.Errorf("setting %s: got %q; want %q", k, in.params[k], v)
+		}
+	}
+	if _, ok := inserts[1].params["log_queries"]; ok {
+		t.Errorf("log_queries still sent after the server sent X-ClickHouse-Summary")
+	}
+	if want := strings.Join(lines, "\n") + "\n"; in.body != want {
+		t.Errorf("body: got %q; want %q (byte-identical)", in.body, want)
+	}
+	if in.encoding != "gzip" {
+		t.Errorf("Content-Encoding: got %q; want gzip", in.encoding)
+	}
+	if want := "Basic " + base64.StdEncoding.EncodeToString([]byte("writer:pw")); in.auth != want {
+		t.Errorf("Authorization: got %q; want %q", in.auth, want)
+	}
+	tok := func(i int) string { return inserts[i].params["insert_deduplication_token"] }
+	if tok(0) == "" || tok(0) != tok(1) || tok(0) == tok(2) {
+		t.Errorf("insert_deduplication_token: got %q, %q (same batch), %q (other batch); want equal, then different", tok(0), tok(1), tok(2))
+	}
+	if inserts[0].params["query_id"] == inserts[1].params["query_id"] {
+		t.Errorf("query_id repeated across attempts: %q", inserts[0].params["query_id"])
+	}
+}
+
+// TestClickHouseSendOldServer: without the newer settings, none is sent.
+func TestClickHouseSendOldServer(t *testing.T) {
+	t.Parallel()
+	f, c := newFakeCH(t, "version 18.16.1\n", func(int) (int, map[string]string, string) {
+		return 200, map[string]string{"X-ClickHouse-Summary": `{"written_rows":"1"}`}, ""
+	})
+	if _, err := c.Send(context.Background(), chBatch("t", 1, `{}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, inserts := f.seen()
+	for _, k := range []string{"insert_deduplication_token", "date_time_input_format", "input_format_parallel_parsing"} {
+		if v, ok := inserts[0].params[k]; ok {
+			t.Errorf("setting %s=%q sent to a server without it", k, v)
+		}
+	}
+}
+
+// TestClickHouseQuarantine: rows missing from written_rows are quarantined,
+// except after an attempt that may have been written: then ClickHouse
+// dropped the retry as a duplicate.
+func TestClickHouseQuarantine(t *testing.T) {
+	t.Parallel()
+	f, c := newFakeCH(t, newServerSettings, func(n int) (int, map[string]string, string) {
+		switch n {
+		case 1:
+			return 200, map[string]string{"X-ClickHouse-Summary": `{"written_rows":"3"}`}, ""
+		case 2:
+			return 500, nil, "Code: 159. DB::Exception: Timeout exceeded (TIMEOUT_EXCEEDED)"
+		default:
+			return 200, map[string]string{"X-ClickHouse-Summary": `{"written_rows":"0"}`}, ""
+		}
+	})
+	ctx := context.Background()
+	res, err := c.Send(ctx, chBatch("t", 1, `{}`, `{}`, `{"bad":1}`, `{}`))
+	if err != nil || res.SuccessfulRows != 3 || res.QuarantinedRows != 1 {
+		t.Errorf("4 rows, 3 written: got %+v, %v; want 3 successful, 1 quarantined", res, err)
+	}
+	b := chBatch("t", 2, `{}`, `{}`)
+	if _, err := c.Send(ctx, b); err == nil {
+		t.Fatal("timeout: got nil error; want a retryable one")
+	} else if _, retry := isRetryable(err); !retry {
+		t.Fatalf("timeout: got %v; want retryable", err)
+	}
+	res, err = c.Send(ctx, b)
+	if err != nil || res.SuccessfulRows != 2 || res.QuarantinedRows != 0 {
+		t.Errorf("retry deduplicated by ClickHouse: got %+v, %v; want 2 successful, 0 quarantined", res, err)
+	}
+	_, inserts := f.seen()
+	if tok := inserts[1].params["insert_deduplication_token"]; tok != inserts[2].params["insert_deduplication_token"] {
+		t.Errorf("the retry carried another token")
+	}
+}
+
+// TestClickHouseRedetects: a server that no longer knows a setting (a
+// downgrade) makes the send retryable and the next one detect again.
+func TestClickHouseRedetects(t *testing.T) {
+	t.Parallel()
+	f, c := newFakeCH(t, newServerSettings, func(n int) (int, map[string]string, string) {
+		if n == 1 {
+			return 404, nil, "Code: 115, e.displayText() = DB::Exception: Unknown setting insert_deduplication_token, e.what() = DB::Exception"
+		}
+		return 200, nil, ""
+	})
+	ctx := context.Background()
+	b := chBatch("t", 1, `{}`)
+	if _, err := c.Send(ctx, b); err == nil {
+		t.Fatal("got nil error; want a retryable one")
+	}
+	f.mu.Lock()
+	f.settings = "version 18.16.1\n"
+	f.mu.Unlock()
+	if _, err := c.Send(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	detects, inserts := f.seen()
+	if detects != 2 {
+		t.Errorf("detections: got %d; want 2", detects)
+	}
+	if _, ok := inserts[1].params["insert_deduplication_token"]; ok {
+		t.Errorf("token still sent after detecting a server without it")
+	}
+}
+
+// TestClickHouseUnreachable: a connection refused is retryable and names
+// the server without credentials.
+func TestClickHouseUnreachable(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c, err := NewClickHouse(ClickHouseOptions{Addr: addr, User: "u", Password: "pw-SECRET", Database: "d", Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Send(context.Background(), chBatch("t", 1, `{}`))
+	if _, retry := isRetryable(err); !retry {
+		t.Fatalf("got %v; want a retryable error", err)
+	}
+	if !strings.Contains(err.Error(), addr) || strings.Contains(err.Error(), "pw-SECRET") {
+		t.Errorf("error %q: want the address and no password", err)
+	}
+}
