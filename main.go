@@ -73,6 +73,16 @@ func run() int {
 		}
 		popts.Store = sp
 	}
+	sq, err := openQueue(cfg, buf, fl, reg, log)
+	if err != nil {
+		log.Error("cannot open the queue", "err", err)
+		return 1
+	}
+	if sq != nil {
+		popts.Store = sq.q
+		popts.Ready = append(popts.Ready, sq.q.Ready)
+		popts.IgnoreBufferFill = true
+	}
 	srv, err := proxy.New(buf, popts, reg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
@@ -103,6 +113,7 @@ func run() int {
 		n, err := sp.Replay(sigCtx)
 		log.Info("spool replayed", "events", n, "err", err)
 	}
+	sq.start()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
@@ -119,6 +130,7 @@ func run() int {
 	// it while idle connections close; both within one SHUTDOWN_TIMEOUT.
 	srv.Drain()
 	time.Sleep(cfg.ShutdownDelay)
+	sq.stopTaking()
 	buf.Close()
 	stopFlusher() // nothing can be added any more: start delivering what is held
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
@@ -130,6 +142,7 @@ func run() int {
 		log.Error("shutdown lost events", "err", err)
 		status = 1
 	}
+	sq.close(log)
 	if sp != nil {
 		if err := sp.Close(); err != nil {
 			log.Error("closing the spool", "err", err)
@@ -198,8 +211,9 @@ func flusherOptions(cfg config.Config, up flusher.Upstream) flusher.Options {
 		DeadLetterDir: cfg.DeadLetterDir,
 		TokenDenyTTL:  cfg.TokenDenyTTL,
 		// The spool keeps what a shutdown could not deliver, for the next
-		// start; dead-lettering it too would deliver it twice.
-		RetainOnShutdown: cfg.SpoolDir != "",
+		// start, and the queue for another replica; dead-lettering it too
+		// would deliver it twice.
+		RetainOnShutdown: cfg.SpoolDir != "" || cfg.QueueURL != "",
 	}
 }
 

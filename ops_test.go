@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tbproxy/tbproxy/internal/fakebird"
+	"github.com/tbproxy/tbproxy/internal/natstest"
 )
 
 // TestE2EHealthcheck: the healthcheck subcommand, which container images use
@@ -59,19 +60,25 @@ func TestE2EMetricsMatchREADME(t *testing.T) {
 	documented = slices.Compact(documented)
 
 	fb := fakebird.NewTB(t, fakebird.Options{})
-	// With the spool on, so its metrics are there too.
-	c := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "SPOOL_DIR": t.TempDir()})
-	resp, err := http.Get(c.base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	// One proxy with the spool on and one with the JetStream queue, so the
+	// metrics of both are there; the union is what the README documents.
+	spooled := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "SPOOL_DIR": t.TempDir()})
+	queued := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(),
+		"QUEUE_URL": natstest.Start(t).URL(), "QUEUE_MAX_BYTES": "64MiB"})
 	var exposed []string
-	for _, m := range regexp.MustCompile(`(?m)^# TYPE (tbproxy_[a-z_]+) `).FindAllStringSubmatch(string(body), -1) {
-		exposed = append(exposed, m[1])
+	for _, c := range []*child{spooled, queued} {
+		resp, err := http.Get(c.base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, m := range regexp.MustCompile(`(?m)^# TYPE (tbproxy_[a-z_]+) `).FindAllStringSubmatch(string(body), -1) {
+			exposed = append(exposed, m[1])
+		}
 	}
 	slices.Sort(exposed)
+	exposed = slices.Compact(exposed)
 	for _, m := range documented {
 		if _, found := slices.BinarySearch(exposed, m); !found {
 			t.Errorf("README lists %s; /metrics does not expose it", m)

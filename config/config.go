@@ -121,6 +121,43 @@ type Config struct {
 	// (SPOOL_FSYNC_INTERVAL, 100ms).
 	SpoolFsyncInterval time.Duration `env:"SPOOL_FSYNC_INTERVAL" envDefault:"100ms"`
 
+	// QueueURL selects the shared JetStream queue (QUEUE_URL, unset): NATS
+	// server URLs, comma-separated. It may hold a password; it is logged
+	// redacted. It cannot be combined with SPOOL_DIR.
+	QueueURL string `env:"QUEUE_URL"`
+
+	// QueueStream is the JetStream stream's name (QUEUE_STREAM, TBPROXY).
+	QueueStream string `env:"QUEUE_STREAM" envDefault:"TBPROXY"`
+
+	// QueueSubject prefixes the queue's subjects (QUEUE_SUBJECT,
+	// tbproxy.events): requests go to <prefix>.<datasource>.
+	QueueSubject string `env:"QUEUE_SUBJECT" envDefault:"tbproxy.events"`
+
+	// QueueReplicas is the stream's replication factor (QUEUE_REPLICAS, 1).
+	QueueReplicas int `env:"QUEUE_REPLICAS" envDefault:"1"`
+
+	// QueueMaxBytes bounds the stream; beyond it writes get 429
+	// (QUEUE_MAX_BYTES, 4GiB).
+	QueueMaxBytes ByteSize `env:"QUEUE_MAX_BYTES" envDefault:"4GiB"`
+
+	// QueueMaxAge is the longest a message stays in the stream
+	// (QUEUE_MAX_AGE, 168h).
+	QueueMaxAge time.Duration `env:"QUEUE_MAX_AGE" envDefault:"168h"`
+
+	// QueueAckWait is how long a fetched message may go unacknowledged before
+	// JetStream redelivers it (QUEUE_ACK_WAIT, 30s).
+	QueueAckWait time.Duration `env:"QUEUE_ACK_WAIT" envDefault:"30s"`
+
+	// QueueMaxDeliver is how many deliveries a message gets before it is
+	// dead-lettered (QUEUE_MAX_DELIVER, 10).
+	QueueMaxDeliver int `env:"QUEUE_MAX_DELIVER" envDefault:"10"`
+
+	// QueueCreds is a NATS .creds file (QUEUE_CREDS, unset).
+	QueueCreds string `env:"QUEUE_CREDS"`
+
+	// QueueTLSCA is a PEM file of CAs to trust for NATS TLS (QUEUE_TLS_CA, unset).
+	QueueTLSCA string `env:"QUEUE_TLS_CA"`
+
 	// Passthrough forwards every path other than the proxy's own to
 	// TINYBIRD_BASE_URL (PASSTHROUGH, true).
 	Passthrough bool `env:"PASSTHROUGH" envDefault:"true"`
@@ -260,6 +297,16 @@ func (c Config) LogValue() slog.Value {
 		slog.String("spool_max_bytes", c.SpoolMaxBytes.String()),
 		slog.String("spool_fsync", c.SpoolFsync),
 		slog.String("spool_fsync_interval", c.SpoolFsyncInterval.String()),
+		slog.String("queue_url", redactURLs(c.QueueURL)),
+		slog.String("queue_stream", c.QueueStream),
+		slog.String("queue_subject", c.QueueSubject),
+		slog.Int("queue_replicas", c.QueueReplicas),
+		slog.String("queue_max_bytes", c.QueueMaxBytes.String()),
+		slog.String("queue_max_age", c.QueueMaxAge.String()),
+		slog.String("queue_ack_wait", c.QueueAckWait.String()),
+		slog.Int("queue_max_deliver", c.QueueMaxDeliver),
+		slog.Bool("queue_creds_set", c.QueueCreds != ""),
+		slog.String("queue_tls_ca", c.QueueTLSCA),
 		slog.Bool("passthrough", c.Passthrough),
 		slog.Any("cors_allowed_origins", c.CORSAllowedOrigins),
 		slog.Bool("ready_requires_upstream", c.ReadyRequiresUpstream),
@@ -279,7 +326,7 @@ func (c Config) LogValue() slog.Value {
 // isSecret reports whether the variable's value must never appear in an
 // error or a log line.
 func isSecret(key string) bool {
-	return key == "TINYBIRD_TOKEN" || key == "AUTHORIZATION_TOKEN" || key == "CLICKHOUSE_PASSWORD"
+	return key == "TINYBIRD_TOKEN" || key == "AUTHORIZATION_TOKEN" || key == "CLICKHOUSE_PASSWORD" || key == "QUEUE_URL"
 }
 
 // parseDuration replaces env's duration parser, whose message repeats the

@@ -55,6 +55,7 @@ func (c Config) validate(failed map[string]bool) []error {
 	if c.SpoolSegmentBytes > 0 && v.ok("SPOOL_MAX_BYTES", "SPOOL_SEGMENT_BYTES") {
 		v.check(c.SpoolMaxBytes >= c.SpoolSegmentBytes, "SPOOL_MAX_BYTES", "%s must be at least SPOOL_SEGMENT_BYTES (%s)", c.SpoolMaxBytes, c.SpoolSegmentBytes)
 	}
+	c.validateQueue(&v)
 	v.check(c.MaxDatasources >= 1, "MAX_DATASOURCES", "must be at least 1, got %d", c.MaxDatasources)
 	v.check(c.MaxConnections >= 1, "MAX_CONNECTIONS", "must be at least 1, got %d", c.MaxConnections)
 	v.check(c.MaxHeaderBytes >= 1<<10 && c.MaxHeaderBytes <= 1<<20, "MAX_HEADER_BYTES", "must be between 1KiB and 1MiB, got %s", c.MaxHeaderBytes)

@@ -26,10 +26,23 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 	case s.opts.UpstreamHealthy != nil && !s.opts.UpstreamHealthy():
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		ctx.SetBodyString(`{"status":"upstream failing"}`)
-	case fill >= s.opts.HighWatermark:
+	case s.notReady() != "":
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString(`{"status":` + strconv.Quote(s.notReady()) + `}`)
+	case fill >= s.opts.HighWatermark && !s.opts.IgnoreBufferFill:
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		ctx.SetBodyString(`{"status":"buffer above high-water mark","buffer_fill":` + strconv.FormatFloat(fill, 'f', 3, 64) + `}`)
 	default:
 		ctx.SetBodyString(`{"status":"ready","buffer_fill":` + strconv.FormatFloat(fill, 'f', 3, 64) + `}`)
 	}
+}
+
+// notReady returns the first failing Options.Ready check's error text, or "".
+func (s *Server) notReady() string {
+	for _, f := range s.opts.Ready {
+		if err := f(); err != nil {
+			return err.Error()
+		}
+	}
+	return ""
 }

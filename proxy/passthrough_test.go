@@ -346,3 +346,13 @@ func TestPassthroughConnectionHeaders(t *testing.T) {
 		t.Errorf("upstream headers: %v; want X-Conn-Only dropped and X-Kept kept", r.header)
 	}
 }
+
+// TestReadyIgnoresBufferFillWithQueue: with a shared queue the buffer's fill
+// does not make the replica unready.
+func TestReadyIgnoresBufferFillWithQueue(t *testing.T) {
+	ts := startServer(t, Options{HighWatermark: 0.5, IgnoreBufferFill: true}, buffer.Options{MaxEvents: 2, MaxBytes: 1 << 20})
+	ts.do(t, "POST", "/v0/events?name=ds", nil, []byte("{}\n{}"))
+	if res := ts.do(t, "GET", "/ready", nil, nil); res.status != 200 {
+		t.Errorf("full buffer, IgnoreBufferFill: got %d %s; want 200", res.status, res.body)
+	}
+}

@@ -36,6 +36,11 @@ type Options struct {
 	// HighWatermark is the buffer fill (0..1] above which /ready answers 503
 	// (default 0.9).
 	HighWatermark float64
+	// IgnoreBufferFill leaves the buffer's fill out of /ready: with a shared
+	// queue (QUEUE_URL) writes go to JetStream, and the buffer holds what
+	// this replica fetched to deliver, which says nothing about whether it
+	// can take writes.
+	IgnoreBufferFill bool
 	// ReadTimeout, WriteTimeout and IdleTimeout bound each connection
 	// (defaults 30s, 30s, 60s). Non-zero, or keep-alive connections could
 	// hold shutdown open.
@@ -63,6 +68,9 @@ type Options struct {
 	// UpstreamHealthy, when set, is consulted by /ready: false answers 503
 	// (READY_REQUIRES_UPSTREAM).
 	UpstreamHealthy func() bool
+	// Ready are more readiness checks (the JetStream queue's connection):
+	// any error answers /ready 503 with the error's text.
+	Ready []func() error
 }
 
 func (o *Options) setDefaults() {
