@@ -5,9 +5,12 @@ package main
 // (internal/natstest), and a fakebird upstream.
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -423,5 +426,53 @@ func TestE2EQueueWait(t *testing.T) {
 			t.Errorf("proxy exited %d after SIGTERM; want 0", code)
 		}
 		assertNoSecrets(t, p.stderr.String(), clientToken)
+	}
+}
+
+// TestE2EQueueMaxDeliver: a message delivered QUEUE_MAX_DELIVER times
+// without being acknowledged (here its replicas keep dying while upstream
+// fails) is dead-lettered with reason max_deliver, not looped forever.
+func TestE2EQueueMaxDeliver(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+	fb.SetFault(fakebird.Always(fakebird.Response{Status: 500}))
+	dead := t.TempDir()
+	env := func() map[string]string {
+		return queueEnv(fb, ns.URL(), "QUEUE_MAX_DELIVER", "2", "DEAD_LETTER_DIR", dead, "FLUSH_INTERVAL", "50")
+	}
+	a := startProxy(t, env())
+	lines := []string{`{"doomed":1}`, `{"doomed":2}`, `{"doomed":3}`}
+	post{ds: "md", token: clientToken, lines: lines}.mustAccept(t, newClient(false), a.base)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := fb.WaitRequests(ctx, 1); err != nil { // delivery 1 reached the flusher
+		t.Fatal(err)
+	}
+	if err := a.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-a.done
+	b := startProxy(t, env()) // gets delivery 2 after the ack wait: the last one allowed
+	var rows []byte
+	for i := 0; i < 150 && len(rows) == 0; i++ { // the redelivery comes after QUEUE_ACK_WAIT (2s)
+		rows, _ = os.ReadFile(filepath.Join(dead, "md.ndjson"))
+		if len(rows) == 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if string(rows) != strings.Join(lines, "\n")+"\n" {
+		t.Fatalf("dead letter md.ndjson: got %q; want the 3 rows", rows)
+	}
+	meta, _ := os.ReadFile(filepath.Join(dead, "md.errors.jsonl"))
+	if !strings.Contains(string(meta), `"reason":"max_deliver"`) {
+		t.Errorf("md.errors.jsonl: got %s; want reason max_deliver", meta)
+	}
+	b.sigterm()
+	if code := b.exitStatus(30 * time.Second); code != 0 {
+		t.Errorf("exit status %d; want 0", code)
+	}
+	if n := fb.RowCount(); n != 0 {
+		t.Errorf("%d rows upstream; the upstream refused everything", n)
 	}
 }
