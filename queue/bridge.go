@@ -69,7 +69,7 @@ func (q *Queue) take(ctx context.Context, msg jetstream.Msg) {
 	data := msg.Data()
 	rows := bytes.Count(data, []byte{'\n'})
 	switch {
-	case key.Datasource == "" || rows == 0:
+	case key.Datasource == "" || rows == 0 || data[len(data)-1] != '\n':
 		q.terminate(msg, key, data, rows, reply, reasonMalformed, "not a tbproxy request")
 		return
 	case err == nil && md.NumDelivered >= uint64(q.opts.MaxDeliver):
