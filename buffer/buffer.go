@@ -72,8 +72,6 @@ type Stats struct {
 	Events, Bytes int
 	// MaxEvents and MaxBytes are the limits.
 	MaxEvents, MaxBytes int
-	// Released counts every event released since New (delivered or dropped).
-	Released uint64
 }
 
 // Buffer is a bounded, concurrency-safe store of accepted events. Its zero
@@ -86,7 +84,6 @@ type Buffer struct {
 	// events and bytes mirror the locked counters for lock-free reads (Stats,
 	// readiness) and for an early ErrFull before Put copies anything.
 	events, bytes atomic.Int64
-	released      atomic.Uint64
 
 	mu sync.Mutex // protects everything below
 	// held counts are authoritative; admission decisions are made under mu.
@@ -206,7 +203,6 @@ func (b *Buffer) Release(events, bytes int) {
 	b.bytes.Store(int64(b.heldBytes))
 	b.drain.add(time.Now(), max(events, 0), max(bytes, 0))
 	b.mu.Unlock()
-	b.released.Add(uint64(max(events, 0)))
 }
 
 // Ready returns a channel that receives a value after Put stores an entry or
@@ -224,7 +220,6 @@ func (b *Buffer) Stats() Stats {
 		Bytes:     int(b.bytes.Load()),
 		MaxEvents: b.maxEvents,
 		MaxBytes:  b.maxBytes,
-		Released:  b.released.Load(),
 	}
 }
 

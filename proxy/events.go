@@ -102,8 +102,9 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	if s.opts.PassThrough {
 		key.Token = string(token)
 	}
+	wait := isTrue(args.Peek("wait"))
 	var w *buffer.Waiter
-	if isTrue(args.Peek("wait")) && len(lines) > 0 {
+	if wait && len(lines) > 0 {
 		w = buffer.NewWaiter()
 	}
 	switch err := s.store.PutWaiting(key, lines, w); {
@@ -144,7 +145,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	status := fasthttp.StatusAccepted
-	if isTrue(args.Peek("wait")) {
+	if wait {
 		status = fasthttp.StatusOK // nothing to wait for: an empty body
 	}
 	writeSuccess(ctx, status, len(lines), 0)

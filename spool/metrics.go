@@ -37,7 +37,7 @@ func newMetrics(reg prometheus.Registerer, s *Spool) (*metrics, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tbproxy_spool_segments",
 			Help: "Spool segment files on disk, the current one included.",
-		}, func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(len(s.live) + len(s.old)) }),
+		}, s.segmentCount),
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

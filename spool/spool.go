@@ -567,6 +567,21 @@ func (s *Spool) replaySegment(ctx context.Context, seg *segment, retired map[ref
 	return events, nil
 }
 
+// segmentCount counts segment files: live ones, and those left by an
+// earlier run that Replay has not reached yet (a segment being replayed is
+// in both lists and counted once).
+func (s *Spool) segmentCount() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.live)
+	for _, o := range s.old {
+		if _, ok := s.live[o.seq]; !ok {
+			n++
+		}
+	}
+	return float64(n)
+}
+
 func splitNDJSON(dst [][]byte, data []byte) [][]byte {
 	for len(data) > 0 {
 		i := bytes.IndexByte(data, '\n')
