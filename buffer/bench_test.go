@@ -33,7 +33,7 @@ func BenchmarkPut(b *testing.B) {
 					}
 					got = buf.Take(got)
 					for _, e := range got {
-						buf.Release(e.Rows, len(e.Data))
+						buf.Release(e.Rows, e.Data)
 					}
 				}
 			}()

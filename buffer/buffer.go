@@ -85,6 +85,8 @@ type Buffer struct {
 	// readiness) and for an early ErrFull before Put copies anything.
 	events, bytes atomic.Int64
 
+	mem *arena // where entries' Data lives; locks itself
+
 	mu sync.Mutex // protects everything below
 	// held counts are authoritative; admission decisions are made under mu.
 	heldEvents, heldBytes int
@@ -105,14 +107,16 @@ func New(opts Options) *Buffer {
 		maxEvents: opts.MaxEvents,
 		maxBytes:  opts.MaxBytes,
 		ready:     make(chan struct{}, 1),
+		mem:       newArena(opts.MaxBytes),
 	}
 	b.drain.start(time.Now())
 	return b
 }
 
 // Put stores lines as one entry for key, or nothing at all. Each line is one
-// event without its line terminator. Put copies lines into one new chunk, so
-// the caller may reuse them and their backing arrays as soon as it returns.
+// event without its line terminator. Put copies lines into memory of the
+// buffer's (see arena), so the caller may reuse them and their backing arrays
+// as soon as it returns.
 //
 // Put never blocks on the consumer. It returns ErrClosed after Close,
 // ErrDenied for a denied token, ErrTooLarge when the lines could never fit,
@@ -147,7 +151,7 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 		return ErrFull
 	}
 
-	data := make([]byte, 0, size)
+	data := b.mem.alloc(size)[:0]
 	for _, l := range lines {
 		data = append(data, l...)
 		data = append(data, '\n')
@@ -155,12 +159,13 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 	now := time.Now().UnixNano()
 
 	b.mu.Lock()
-	if b.closed {
+	if b.closed || b.heldEvents+n > b.maxEvents || b.heldBytes+size > b.maxBytes {
+		closed := b.closed
 		b.mu.Unlock()
-		return ErrClosed
-	}
-	if b.heldEvents+n > b.maxEvents || b.heldBytes+size > b.maxBytes {
-		b.mu.Unlock()
+		b.mem.release([][]byte{data})
+		if closed {
+			return ErrClosed
+		}
 		return ErrFull
 	}
 	b.heldEvents += n
@@ -190,12 +195,21 @@ func (b *Buffer) Take(dst []Entry) []Entry {
 }
 
 // Release ends the accounting of events the consumer has delivered upstream
-// or dropped. It never blocks. Releasing more than is held is a bug; the
-// counters are clamped at zero so one bug cannot wedge admission forever.
-func (b *Buffer) Release(events, bytes int) {
+// or dropped, and gives back the memory they were stored in. data holds the
+// events' lines: taken entries' Data, or runs of whole lines cut from them,
+// each released exactly once. After Release the consumer must not read data
+// again: the buffer reuses it for later requests. Release never blocks.
+// Releasing more than is held is a bug; the counters are clamped at zero so
+// one bug cannot wedge admission forever.
+func (b *Buffer) Release(events int, data ...[]byte) {
+	bytes := 0
+	for _, d := range data {
+		bytes += len(d)
+	}
 	if events <= 0 && bytes <= 0 {
 		return
 	}
+	b.mem.release(data)
 	b.mu.Lock()
 	b.heldEvents = max(b.heldEvents-events, 0)
 	b.heldBytes = max(b.heldBytes-bytes, 0)

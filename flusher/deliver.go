@@ -96,8 +96,7 @@ func (f *Flusher) delivered(b *Batch, res Result, r *result, attempt int, took t
 			"reason", reasonUpstreamShortAck)
 	}
 	b.finishWaiters(res, nil)
-	r.relRows += b.Rows
-	r.relBytes += b.Bytes
+	r.release(b)
 	r.hold = max(r.hold, res.HoldFor)
 }
 
@@ -125,8 +124,7 @@ func (f *Flusher) drop(b *Batch, err error, r *result) {
 		f.buf.Deny(b.Key, time.Now().Add(f.opts.TokenDenyTTL))
 	}
 	b.finishWaiters(Result{}, failure)
-	r.relRows += b.Rows
-	r.relBytes += b.Bytes
+	r.release(b)
 }
 
 // deadLetter writes b to the dead-letter directory, if one is set, and

@@ -112,11 +112,21 @@ type Flusher struct {
 type result struct {
 	s *stream
 	b *Batch
-	// released rows and bytes were delivered or dropped; the rest of the
-	// batch was abandoned at a hard stop and is still held.
-	relRows, relBytes int
-	leftover          []*Batch // abandoned pieces, for the dead-letter file
-	hold              time.Duration
+	// relRows rows, stored in relData, were delivered or dropped; the rest
+	// of the batch was abandoned at a hard stop and is still held.
+	relRows  int
+	relData  [][]byte
+	leftover []*Batch // abandoned pieces, for the dead-letter file
+	hold     time.Duration
+}
+
+// release notes that b's rows were delivered or dropped: the loop gives
+// their memory back to the buffer.
+func (r *result) release(b *Batch) {
+	r.relRows += b.Rows
+	for _, p := range b.parts {
+		r.relData = append(r.relData, p.data)
+	}
 }
 
 // New returns a Flusher that drains buf into opts.Upstream. Metrics are
@@ -320,7 +330,7 @@ func (f *Flusher) releaseSlot() {
 func (f *Flusher) finish(r result, now time.Time) time.Time {
 	f.m.inflight.Dec()
 	r.s.inflight = nil
-	f.buf.Release(r.relRows, r.relBytes)
+	f.buf.Release(r.relRows, r.relData...)
 	f.leftover = append(f.leftover, r.leftover...)
 	var until time.Time
 	if r.hold > 0 {

@@ -95,7 +95,7 @@ func drain(buf *buffer.Buffer) func() {
 			}
 			taken = buf.Take(taken)
 			for _, e := range taken {
-				buf.Release(e.Rows, len(e.Data))
+				buf.Release(e.Rows, e.Data)
 			}
 		}
 	})

@@ -42,7 +42,7 @@ func deliver(buf *buffer.Buffer, f *buffer.Failure) int {
 			e.Waiter.AddPart()
 			e.Waiter.Finish(e.Rows, 0, f)
 		}
-		buf.Release(e.Rows, len(e.Data))
+		buf.Release(e.Rows, e.Data)
 		n += e.Rows
 	}
 	return n
@@ -84,7 +84,7 @@ func TestSurvivesRestart(t *testing.T) {
 			}
 			got[0].Waiter.AddPart()
 			got[0].Waiter.Finish(2, 0, nil)
-			buf2.Release(2, len(got[0].Data))
+			buf2.Release(2, got[0].Data)
 			if err := s2.Close(); err != nil {
 				t.Fatal(err)
 			}
