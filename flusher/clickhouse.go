@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/valyala/fasthttp"
 )
 
@@ -65,7 +64,7 @@ type ClickHouse struct {
 	client *fasthttp.Client
 	uri    string // scheme://addr/, no credentials: safe for errors and logs
 	auth   string // the Authorization header's value
-	gz     sync.Pool
+	gz     gzipPool
 
 	mu   sync.Mutex   // protects feat; held while detecting, so one detection runs at a time
 	feat *chFeatures  // nil until detected
@@ -245,20 +244,11 @@ func (c *ClickHouse) insertParams(table string, rows int, token, queryID string,
 // of the batch and different for a later batch that happens to hold the
 // same rows. BestSpeed, as for Tinybird.
 func (c *ClickHouse) compress(w io.Writer, b *Batch) (string, error) {
-	zw, _ := c.gz.Get().(*gzip.Writer)
-	if zw == nil {
-		zw, _ = gzip.NewWriterLevel(nil, gzip.BestSpeed)
-	}
-	defer c.gz.Put(zw)
-	zw.Reset(w)
 	h := sha256.New()
 	var first [8]byte
 	binary.BigEndian.PutUint64(first[:], uint64(b.first))
 	h.Write(first[:])
-	if _, err := b.WriteTo(io.MultiWriter(zw, h)); err != nil {
-		return "", err
-	}
-	if err := zw.Close(); err != nil {
+	if err := c.gz.compress(w, b, h); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16]), nil
