@@ -3,9 +3,15 @@
 package proxy
 
 import (
+	"log/slog"
+	"net"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // TestAcceptPathAllocations guards the hot path: splitting and validating
@@ -34,6 +40,44 @@ func TestAcceptPathAllocations(t *testing.T) {
 			}
 		}); n != 0 {
 			t.Errorf("Put, Take and Release with %d events: %v allocs per run; want 0", k, n)
+		}
+	}
+}
+
+// TestHandlerAllocations guards the whole request over an in-memory
+// connection: HTTP parsing, reading the body, validation, buffering and the
+// 202. The one allocation per request left is fasthttp's own: with
+// StreamRequestBody (which passthrough uploads need) it discards what a
+// handler left unread through an io.LimitReader, even when nothing is left.
+func TestHandlerAllocations(t *testing.T) {
+	buf := buffer.New(buffer.Options{MaxEvents: 1 << 30, MaxBytes: 1 << 40})
+	srv, err := New(buf, Options{}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := fasthttputil.NewInmemoryListener()
+	go srv.Serve(ln) //nolint:errcheck // ends with ln.Close
+	defer ln.Close()
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, ReadTimeout: 10 * time.Second}
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	var taken []buffer.Entry
+	for _, k := range []int{1, 100} {
+		req.SetRequestURI("http://proxy/v0/events?name=ds")
+		req.Header.SetMethod("POST")
+		req.SetBody(benchBody(k))
+		n := testing.AllocsPerRun(2000, func() {
+			if err := client.Do(req, resp); err != nil || resp.StatusCode() != 202 {
+				t.Fatalf("status %d, err %v", resp.StatusCode(), err)
+			}
+			taken = buf.Take(taken)
+			for _, e := range taken {
+				buf.Release(e.Rows, e.Data)
+			}
+		})
+		if n > 1 {
+			t.Errorf("a request of %d events: %v allocs; want at most 1 (fasthttp's)", k, n)
 		}
 	}
 }

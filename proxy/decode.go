@@ -8,7 +8,6 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
-	"github.com/valyala/bytebufferpool"
 )
 
 var (
@@ -22,21 +21,21 @@ var (
 type decoders struct {
 	gzip   sync.Pool // of *gzip.Reader
 	zstd   sync.Pool // of *zstd.Decoder
-	bodies bytebufferpool.Pool
+	bodies bodyPool
 }
 
 // decode returns body decoded per its Content-Encoding, at most limit bytes.
-// The result may alias body (no encoding) or a pooled buffer; call release
-// when done with it. A body that decodes to more than limit bytes gives
+// The result may alias body (no encoding) or the pooled buffer bb (nil when
+// none was used); hand bb back to d.bodies when done with the result. A body that decodes to more than limit bytes gives
 // errTooLarge, without ever holding more than limit+1 bytes: a
 // decompression bomb costs a bounded read, not the process.
-func (d *decoders) decode(encoding, body []byte, limit int) (out []byte, release func(), err error) {
+func (d *decoders) decode(encoding, body []byte, limit int) (out []byte, bb *bodyBuf, err error) {
 	switch {
 	case len(encoding) == 0 || bytes.EqualFold(encoding, []byte("identity")):
 		if len(body) > limit {
 			return nil, nil, errTooLarge
 		}
-		return body, func() {}, nil
+		return body, nil, nil
 	case bytes.EqualFold(encoding, []byte("gzip")) || bytes.EqualFold(encoding, []byte("x-gzip")):
 		zr, _ := d.gzip.Get().(*gzip.Reader)
 		if zr == nil {
@@ -70,17 +69,15 @@ func (d *decoders) decode(encoding, body []byte, limit int) (out []byte, release
 	return nil, nil, errUnsupportedCE
 }
 
-func (d *decoders) readAll(r io.Reader, limit int) ([]byte, func(), error) {
-	buf := d.bodies.Get()
-	release := func() { d.bodies.Put(buf) }
-	n, err := buf.ReadFrom(io.LimitReader(r, int64(limit)+1))
+func (d *decoders) readAll(r io.Reader, limit int) ([]byte, *bodyBuf, error) {
+	bb, n, err := d.bodies.read(r, limit)
 	switch {
 	case err != nil:
-		release()
+		d.bodies.put(bb)
 		return nil, nil, errBadCompressed
 	case n > int64(limit):
-		release()
+		d.bodies.put(bb)
 		return nil, nil, errTooLarge
 	}
-	return buf.B, release, nil
+	return bb.B, bb, nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
-	"io"
 	"log/slog"
 	"strconv"
 	"time"
@@ -46,14 +45,14 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	raw, releaseRaw, ok := s.rawBody(ctx)
+	raw, rawBuf, ok := s.rawBody(ctx)
 	if !ok {
 		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(s.opts.MaxBodyBytes), 0)
 		ctx.SetConnectionClose() // the rest of the body is not read
 		return
 	}
-	defer releaseRaw()
-	body, release, err := s.decoders.decode(ctx.Request.Header.ContentEncoding(), raw, s.opts.MaxBodyBytes)
+	defer s.bodies.put(rawBuf)
+	body, bodyBuf, err := s.decoders.decode(ctx.Request.Header.ContentEncoding(), raw, s.opts.MaxBodyBytes)
 	switch {
 	case errors.Is(err, errTooLarge):
 		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(s.opts.MaxBodyBytes), 0)
@@ -65,7 +64,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyBadCompressed, 0)
 		return
 	}
-	defer release()
+	defer s.decoders.bodies.put(bodyBuf)
 
 	// A body with more lines than the whole buffer holds can never be
 	// accepted: refuse it before building a slice of lines for it (a small
@@ -200,22 +199,21 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, reason string, bod
 // body over as a stream, even one it has already read, so the body is read
 // from the stream into a pooled buffer (one memcpy, cheap next to
 // validation) up to the limit, and refused (false) beyond it. Request.Body()
-// would copy too, and log a warning per request.
-func (s *Server) rawBody(ctx *fasthttp.RequestCtx) ([]byte, func(), bool) {
+// would copy too, and log a warning per request. Hand the returned buffer
+// (nil if none was used) back to s.bodies when done with the body.
+func (s *Server) rawBody(ctx *fasthttp.RequestCtx) ([]byte, *bodyBuf, bool) {
 	if !ctx.Request.IsBodyStream() {
-		return ctx.Request.Body(), func() {}, true
+		return ctx.Request.Body(), nil, true
 	}
 	if n := ctx.Request.Header.ContentLength(); n > s.opts.MaxBodyBytes {
 		return nil, nil, false
 	}
-	buf := s.bodies.Get()
-	release := func() { s.bodies.Put(buf) }
-	n, err := buf.ReadFrom(io.LimitReader(ctx.RequestBodyStream(), int64(s.opts.MaxBodyBytes)+1))
+	bb, n, err := s.bodies.read(ctx.RequestBodyStream(), s.opts.MaxBodyBytes)
 	if err != nil || n > int64(s.opts.MaxBodyBytes) {
-		release()
+		s.bodies.put(bb)
 		return nil, nil, false
 	}
-	return buf.B, release, true
+	return bb.B, bb, true
 }
 
 // requestToken returns the token from "Authorization: Bearer <t>", else

@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tbproxy/tbproxy/buffer"
-	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 )
@@ -132,7 +131,7 @@ type Server struct {
 	pass     *passthrough // nil: other paths get 404
 	store    Store
 	cors     cors
-	bodies   bytebufferpool.Pool // for request bodies that arrive as a stream
+	bodies   bodyPool // for request bodies that arrive as a stream
 
 	draining atomic.Bool
 }
