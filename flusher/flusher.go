@@ -216,13 +216,15 @@ func (f *Flusher) Run(ctx context.Context) error {
 			f.refreshOldest()
 			return nil
 		}
+		ready := f.buf.Ready()
+		if gathering {
+			ready = nil // the Take is due anyway: do not wake for every request
+		}
 		select {
-		case <-f.buf.Ready():
+		case <-ready:
 			if !draining {
-				if !gathering {
-					gathering = true
-					gather.Reset(gatherDelay)
-				}
+				gathering = true
+				gather.Reset(gatherDelay)
 				continue
 			}
 			take()
