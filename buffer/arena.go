@@ -57,6 +57,7 @@ type slab struct {
 	base uintptr // address of mem[0]
 	off  int     // next free byte
 	live int     // bytes handed out and not yet released
+	free bool    // on the free list
 }
 
 func newArena(maxBytes int) *arena {
@@ -94,6 +95,7 @@ func (a *arena) next() bool {
 	}
 	if n := len(a.free); n > 0 {
 		a.cur = a.free[n-1]
+		a.cur.free = false
 		a.free[n-1] = nil
 		a.free = a.free[:n-1]
 		a.inUse++
@@ -120,13 +122,18 @@ func (a *arena) next() bool {
 func (a *arena) release(pieces [][]byte) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	var last *slab // consecutive pieces often share a slab: skip the search
 	for _, p := range pieces {
 		if len(p) == 0 {
 			continue
 		}
-		s := a.find(uintptr(unsafe.Pointer(unsafe.SliceData(p))))
-		if s == nil {
-			continue
+		addr := uintptr(unsafe.Pointer(unsafe.SliceData(p)))
+		s := last
+		if s == nil || addr-s.base >= uintptr(len(s.mem)) {
+			if s = a.find(addr); s == nil {
+				continue
+			}
+			last = s
 		}
 		s.live -= len(p)
 		switch {
@@ -139,6 +146,7 @@ func (a *arena) release(pieces [][]byte) {
 			a.recycle(s)
 		}
 	}
+	a.trim(time.Now())
 }
 
 // recycle makes an empty slab reusable, or lets the garbage collector have
@@ -146,13 +154,24 @@ func (a *arena) release(pieces [][]byte) {
 // is held.
 func (a *arena) recycle(s *slab) {
 	s.off = 0
+	s.free = true
 	a.inUse--
-	if now := time.Now(); now.Sub(a.windowStart) >= peakWindow {
+	a.free = append(a.free, s)
+	a.trim(time.Now())
+}
+
+// trim starts a new peak window when the current one is over, and lets the
+// garbage collector have the free slabs beyond the larger of the last two
+// windows' peaks. It runs on every release, so memory goes back after a
+// burst even when the traffic that follows is too light to fill a slab.
+// a.mu is held.
+func (a *arena) trim(now time.Time) {
+	if now.Sub(a.windowStart) >= peakWindow {
 		a.prevPeak, a.peak, a.windowStart = a.peak, a.inUse, now
 	}
-	a.free = append(a.free, s)
 	for keep := max(a.peak, a.prevPeak, minFreeSlabs); len(a.free) > keep; {
 		n := len(a.free) - 1
+		a.free[n].free = false
 		a.forget(a.free[n])
 		a.free[n] = nil
 		a.free = a.free[:n]
@@ -161,10 +180,18 @@ func (a *arena) recycle(s *slab) {
 
 // drop abandons a slab whose count went wrong. a.mu is held.
 func (a *arena) drop(s *slab) {
-	if s == a.cur {
+	switch {
+	case s.free:
+		if i := slices.Index(a.free, s); i >= 0 {
+			a.free = slices.Delete(a.free, i, i+1)
+		}
+		s.free = false
+	case s == a.cur:
 		a.cur = nil
+		a.inUse--
+	default:
+		a.inUse--
 	}
-	a.inUse--
 	a.forget(s)
 }
 

@@ -198,7 +198,8 @@ func (b *Buffer) Take(dst []Entry) []Entry {
 // or dropped, and gives back the memory they were stored in. data holds the
 // events' lines: taken entries' Data, or runs of whole lines cut from them,
 // each released exactly once. After Release the consumer must not read data
-// again: the buffer reuses it for later requests. Release never blocks.
+// again: the buffer reuses it for later requests. Release does not wait for
+// the consumer or for Put, only for short critical sections.
 // Releasing more than is held is a bug; the counters are clamped at zero so
 // one bug cannot wedge admission forever.
 func (b *Buffer) Release(events int, data ...[]byte) {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,6 +132,7 @@ type result struct {
 // their memory back to the buffer.
 func (r *result) release(b *Batch) {
 	r.relRows += b.Rows
+	r.relData = slices.Grow(r.relData, len(b.parts))
 	for _, p := range b.parts {
 		r.relData = append(r.relData, p.data)
 	}

@@ -33,10 +33,15 @@ func (p *bodyPool) read(r io.Reader, limit int) (bb *bodyBuf, n int64, err error
 	return bb, n, err
 }
 
+// maxPooledBody is the largest buffer kept for reuse: one that grew for a
+// rare multi-megabyte body is left to the garbage collector rather than
+// held by the pool.
+const maxPooledBody = 1 << 20
+
 // put returns bb (nil is allowed) to the pool; its bytes must not be used
 // afterwards.
 func (p *bodyPool) put(bb *bodyBuf) {
-	if bb != nil {
+	if bb != nil && cap(bb.B) <= maxPooledBody {
 		p.p.Put(bb)
 	}
 }
