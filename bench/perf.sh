@@ -284,14 +284,18 @@ start_sustained() {
 # stop_sustained NAME: SIGTERM the proxy (it drains to fakebird), then check
 # that fakebird has every acknowledged row; sets NOTE (and PROBLEMS).
 stop_sustained() {
-	local name=$1 drain_rc rows acked
+	local name=$1 drain_rc rows acked stats reqs
 	stop "$PID" TERM
 	drain_rc=$RC
 	check_log "$name"
-	rows=$(curl -fsS "http://127.0.0.1:$FB_PORT/stats" | sed -n 's/.*"rows":\([0-9]*\).*/\1/p')
+	stats=$(curl -fsS "http://127.0.0.1:$FB_PORT/stats")
+	rows=$(sed -n 's/.*"rows":\([0-9]*\).*/\1/p' <<<"$stats")
+	reqs=$(sed -n 's/.*"requests":\([0-9]*\).*/\1/p' <<<"$stats")
 	stop "$FB_PID" TERM
 	acked=$(j "$name" all_events)
-	NOTE="upstream got $(n "$rows") rows of $(n "$acked") acked; drain exit $drain_rc"
+	# loadgen spreads requests over 4 datasources (its default), for the run
+	# and its warm-up; FLUSH_INTERVAL is 1 s.
+	NOTE="upstream got $(n "$rows") rows of $(n "$acked") acked in $(n "$reqs") requests ($(f "$(LC_ALL=C awk -v r="$reqs" -v s="$SECS" -v w="${WARMUP%s}" 'BEGIN { print r / 4 / (s + w) }')" 1) per datasource per second); drain exit $drain_rc"
 	if [[ $rows != "$acked" || $drain_rc != 0 ]]; then
 		NOTE="**$NOTE**"
 		PROBLEMS+=("$name: fakebird received $rows rows for $acked acknowledged events; proxy exit status $drain_rc after SIGTERM")
