@@ -30,6 +30,8 @@
 # about a sixth of the proxy's core at K = 100.
 #
 # Environment: PERF_SECONDS (default 10), PERF_CONNS (64), PERF_WARMUP (1s),
+# PERF_RUNS (1): how many times the throughput points run; with more than one
+# the report ends with each ratio's median, lowest and highest.
 # PERF_KEEP=1 keeps the work directory (binaries, logs, loadgen JSON).
 # Needs go, curl; taskset if available. Binds only 127.0.0.1 (the proxy
 # listens on PORT=0, a free port, on every interface: it has no host setting).
@@ -38,6 +40,7 @@ set -euo pipefail
 SECS=${PERF_SECONDS:-10}
 CONNS=${PERF_CONNS:-64}
 WARMUP=${PERF_WARMUP:-1s}
+RUNS=${PERF_RUNS:-1}
 KS=(1 10 100)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tbproxy-perf.XXXXXX")
@@ -69,6 +72,7 @@ trap 'exit 130' INT TERM
 command -v go >/dev/null || die "go not found"
 command -v curl >/dev/null || die "curl not found"
 [[ $SECS =~ ^[0-9]+$ && $SECS -gt 0 ]] || die "PERF_SECONDS must be a positive whole number of seconds, got '$SECS'"
+[[ $RUNS =~ ^[0-9]+$ && $RUNS -gt 0 ]] || die "PERF_RUNS must be a positive whole number, got '$RUNS'"
 
 NPROC=$(nproc)
 SRV=() LG=() PINNING="server on core 0, loadgen on core 1 (taskset)"
@@ -227,7 +231,11 @@ LGARGS=(-duration "${SECS}s")
 # The three points of one K run back to back, so each ratio compares runs
 # close in time on a machine whose load may change.
 
-declare -A CEIL_RPS ACC_RPS
+declare -A CEIL_RPS ACC_RPS ACC_ALL RATIOS
+SUF= RUNLABEL= # set per repetition when PERF_RUNS > 1
+
+# median VALUES...: the median of numbers (the lower middle one for an even count).
+median() { printf '%s\n' "$@" | LC_ALL=C sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # start_ceiling NAME: sets PID, PORT.
 start_ceiling() {
@@ -238,34 +246,36 @@ start_ceiling() {
 run_ceiling() {
 	local k=$1
 	log "perf.sh: ceiling, K=$k"
-	start_ceiling "ceiling-$k"
-	loadgen "ceiling-$k" -url "http://127.0.0.1:$PORT" -events "$k" "${LGARGS[@]}"
+	start_ceiling "ceiling-$k$SUF"
+	loadgen "ceiling-$k$SUF" -url "http://127.0.0.1:$PORT" -events "$k" "${LGARGS[@]}"
 	stop "$PID"
-	CEIL_RPS[$k]=$(j "ceiling-$k" req_per_s)
-	row ceiling "$k" "$(n "${CEIL_RPS[$k]}")" "$(n "$(j "ceiling-$k" events_per_s)")" 1.00 \
-		"$(f "$(j "ceiling-$k" p50_ms)")" "$(f "$(j "ceiling-$k" p99_ms)")" "$(answers "ceiling-$k")"
+	CEIL_RPS[$k]=$(j "ceiling-$k$SUF" req_per_s)
+	row "ceiling$RUNLABEL" "$k" "$(n "${CEIL_RPS[$k]}")" "$(n "$(j "ceiling-$k$SUF" events_per_s)")" 1.00 \
+		"$(f "$(j "ceiling-$k$SUF" p50_ms)")" "$(f "$(j "ceiling-$k$SUF" p99_ms)")" "$(answers "ceiling-$k$SUF")"
 }
 
 run_accept() {
 	local k=$1 held acked note
 	log "perf.sh: accept path, K=$k"
-	start_accept "accept-$k"
-	loadgen "accept-$k" -url "http://127.0.0.1:$PORT" -events "$k" "${LGARGS[@]}"
-	ACC_RPS[$k]=$(j "accept-$k" req_per_s)
+	start_accept "accept-$k$SUF"
+	loadgen "accept-$k$SUF" -url "http://127.0.0.1:$PORT" -events "$k" "${LGARGS[@]}"
+	ACC_RPS[$k]=$(j "accept-$k$SUF" req_per_s)
+	ACC_ALL[$k]+=" ${ACC_RPS[$k]}"
+	RATIOS[accept-$k]+=" $(ratio "${ACC_RPS[$k]}" "${CEIL_RPS[$k]}")"
 	held=$(metric "$PORT" tbproxy_buffer_events)
 	cpu_note "$PID"
 	stop "$PID" # SIGKILL: nothing is to be delivered, and the sink would get GBs
-	check_log "accept-$k"
-	acked=$(j "accept-$k" all_events)
-	note="$(answers "accept-$k"); holds $(n "$held") of $(n "$acked") acked events; proxy $CPUNOTE"
+	check_log "accept-$k$SUF"
+	acked=$(j "accept-$k$SUF" all_events)
+	note="$(answers "accept-$k$SUF"); holds $(n "$held") of $(n "$acked") acked events; proxy $CPUNOTE"
 	if [[ $held != "$acked" ]]; then
 		note="**$note**"
 		PROBLEMS+=("accept K=$k: the buffer holds $held events but $acked were acknowledged")
 	fi
-	row "accept path" "$k" "$(n "${ACC_RPS[$k]}")" "$(n "$(j "accept-$k" events_per_s)")" \
+	row "accept path$RUNLABEL" "$k" "$(n "${ACC_RPS[$k]}")" "$(n "$(j "accept-$k$SUF" events_per_s)")" \
 		"**$(ratio "${ACC_RPS[$k]}" "${CEIL_RPS[$k]}")**" \
-		"$(f "$(j "accept-$k" p50_ms)")" "$(f "$(j "accept-$k" p99_ms)")" "$note$LOGNOTE"
-	[[ $(non2xx "accept-$k") == 0 ]] || PROBLEMS+=("accept K=$k: non-2xx answers: $(answers "accept-$k")")
+		"$(f "$(j "accept-$k$SUF" p50_ms)")" "$(f "$(j "accept-$k$SUF" p99_ms)")" "$note$LOGNOTE"
+	[[ $(non2xx "accept-$k$SUF") == 0 ]] || PROBLEMS+=("accept K=$k: non-2xx answers: $(answers "accept-$k$SUF")")
 }
 
 # start_sustained NAME: fakebird (on the loadgen core: the upstream is not
@@ -306,20 +316,27 @@ stop_sustained() {
 run_sustained() {
 	local k=$1 rps
 	log "perf.sh: sustained, K=$k"
-	start_sustained "sustained-$k"
-	loadgen "sustained-$k" -url "http://127.0.0.1:$PORT" -events "$k" -token tb_perf_client "${LGARGS[@]}"
+	start_sustained "sustained-$k$SUF"
+	loadgen "sustained-$k$SUF" -url "http://127.0.0.1:$PORT" -events "$k" -token tb_perf_client "${LGARGS[@]}"
 	cpu_note "$PID"
-	stop_sustained "sustained-$k"
-	rps=$(j "sustained-$k" req_per_s)
-	row sustained "$k" "$(n "$rps")" "$(n "$(j "sustained-$k" events_per_s)")" "**$(ratio "$rps" "${CEIL_RPS[$k]}")**" \
-		"$(f "$(j "sustained-$k" p50_ms)")" "$(f "$(j "sustained-$k" p99_ms)")" \
-		"$(answers "sustained-$k"); $NOTE; proxy $CPUNOTE$LOGNOTE"
+	stop_sustained "sustained-$k$SUF"
+	rps=$(j "sustained-$k$SUF" req_per_s)
+	RATIOS[sustained-$k]+=" $(ratio "$rps" "${CEIL_RPS[$k]}")"
+	row "sustained$RUNLABEL" "$k" "$(n "$rps")" "$(n "$(j "sustained-$k$SUF" events_per_s)")" "**$(ratio "$rps" "${CEIL_RPS[$k]}")**" \
+		"$(f "$(j "sustained-$k$SUF" p50_ms)")" "$(f "$(j "sustained-$k$SUF" p99_ms)")" \
+		"$(answers "sustained-$k$SUF"); $NOTE; proxy $CPUNOTE$LOGNOTE"
 }
 
-for k in "${KS[@]}"; do
-	run_ceiling "$k"
-	run_accept "$k"
-	run_sustained "$k"
+for ((r = 1; r <= RUNS; r++)); do
+	if ((RUNS > 1)); then
+		SUF=-r$r RUNLABEL=" (run $r)"
+		((r == 1)) && SUF=
+	fi
+	for k in "${KS[@]}"; do
+		run_ceiling "$k"
+		run_accept "$k"
+		run_sustained "$k"
+	done
 done
 
 # ---- latency at half the max rate -----------------------------------------
@@ -335,7 +352,8 @@ latency_row() {
 		"p99.9 $(f "$(j "$1" p999_ms)") ms, max $(f "$(j "$1" max_ms)") ms, from scheduled send; $(answers "$1")${late:+; $(n "$late") scheduled requests not sent by the end (behind schedule)}${3:-}"
 }
 
-RATE=$(LC_ALL=C awk -v r="${ACC_RPS[1]}" 'BEGIN { printf "%.0f", r / 2 }')
+# shellcheck disable=SC2086 # word splitting of the list is intended
+RATE=$(LC_ALL=C awk -v r="$(median ${ACC_ALL[1]})" 'BEGIN { printf "%.0f", r / 2 }')
 if ((RATE > 0)); then
 	log "perf.sh: latency, accept path and ceiling at $RATE req/s"
 	start_accept latency
@@ -380,7 +398,7 @@ cat <<EOF
 ## tbproxy performance, $DATE
 
 Machine: ${NPROC} CPUs, ${CPU:-unknown CPU}; $(go version | cut -d' ' -f3-); kernel $(uname -r); load average at start $LOADAVG.
-Setup: $CONNS connections, ${SECS} s per point after a $WARMUP warm-up, ~$(j accept-1 event_bytes) B events; $PINNING; fakebird, the upstream of the sustained points, runs on the loadgen core.
+Setup: $CONNS connections, ${SECS} s per point after a $WARMUP warm-up, $RUNS run(s) of the throughput points, ~$(j accept-1 event_bytes) B events; $PINNING; fakebird, the upstream of the sustained points, runs on the loadgen core.
 req/s and events/s count acknowledged (2xx) requests only; "× ceiling" is proxy / ceiling at the same K, for req/s and events/s alike. Latency in ms.
 The accept path keeps every event in memory, so at large K it also measures how fast the kernel hands out fresh pages (see its page faults and sys time; on some VMs first touch of memory is several times slower than reuse); the sustained points recycle their memory.
 
@@ -389,6 +407,22 @@ The accept path keeps every event in memory, so at large K it also measures how 
 EOF
 printf '%s\n' "${ROWS[@]}"
 echo
+if ((RUNS > 1)); then
+	echo "Over the $RUNS runs (each ratio against the ceiling of its own run):"
+	echo
+	echo "| Point | K | median × ceiling | lowest | highest |"
+	echo "|---|---|---|---|---|"
+	for point in accept sustained; do
+		for k in "${KS[@]}"; do
+			# shellcheck disable=SC2086 # word splitting of the list is intended
+			set -- ${RATIOS[$point-$k]}
+			echo "| $point | $k | **$(median "$@")** | $(printf '%s\n' "$@" | LC_ALL=C sort -g | head -n1) | $(printf '%s\n' "$@" | LC_ALL=C sort -g | tail -n1) |"
+		done
+	done
+	echo
+	echo "The latency points ran once, paced at half the accept path's median K = 1 rate."
+	echo
+fi
 if ((${#PROBLEMS[@]} > 0)); then
 	echo "Problems seen:"
 	printf -- '- %s\n' "${PROBLEMS[@]}"
