@@ -60,8 +60,10 @@ type slab struct {
 	free bool    // on the free list
 }
 
+// newArena returns an arena whose slabs never take more than maxBytes; a
+// buffer smaller than one slab stores every entry on the heap.
 func newArena(maxBytes int) *arena {
-	return &arena{maxSlabs: max(maxBytes/slabSize, 1)}
+	return &arena{maxSlabs: maxBytes / slabSize}
 }
 
 // alloc returns n bytes (len and cap n) that no live entry uses. Their

@@ -202,3 +202,23 @@ func TestSlabMemoryIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestSmallBufferTakesNoSlab: a buffer limited below one slab never
+// allocates one, so its memory stays within twice its limit too.
+func TestSmallBufferTakesNoSlab(t *testing.T) {
+	b := New(Options{MaxEvents: 100, MaxBytes: 64 << 10})
+	if err := b.Put(Key{}, lines(`{"a":1}`, `{"b":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	got := b.Take(nil)
+	if len(got) != 1 || string(got[0].Data) != "{\"a\":1}\n{\"b\":2}\n" {
+		t.Fatalf("got %+v; want the two lines", got)
+	}
+	if n := b.mem.slabBytes(); n != 0 {
+		t.Errorf("a 64 KiB buffer holds %d bytes of slabs; want none", n)
+	}
+	b.Release(got[0].Rows, got[0].Data)
+	if s := b.Stats(); s.Events != 0 || s.Bytes != 0 {
+		t.Errorf("after Release: %+v; want empty", s)
+	}
+}
