@@ -118,14 +118,18 @@ func (a *arena) next() bool {
 	return true
 }
 
-// release gives back pieces of memory alloc returned. A piece may be any
-// part of one allocation; pieces of memory that came from the heap are left
-// to the garbage collector.
-func (a *arena) release(pieces [][]byte) {
+// release gives back pieces of memory alloc returned and returns their total
+// length. A piece may be any part of one allocation; pieces of memory that
+// came from the heap are left to the garbage collector.
+func (a *arena) release(pieces [][]byte) (n int) {
+	if len(pieces) == 0 {
+		return 0
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var last *slab // consecutive pieces often share a slab: skip the search
 	for _, p := range pieces {
+		n += len(p)
 		if len(p) == 0 {
 			continue
 		}
@@ -149,6 +153,7 @@ func (a *arena) release(pieces [][]byte) {
 		}
 	}
 	a.trim(time.Now())
+	return n
 }
 
 // recycle makes an empty slab reusable, or lets the garbage collector have

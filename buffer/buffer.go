@@ -203,14 +203,10 @@ func (b *Buffer) Take(dst []Entry) []Entry {
 // Releasing more than is held is a bug; the counters are clamped at zero so
 // one bug cannot wedge admission forever.
 func (b *Buffer) Release(events int, data ...[]byte) {
-	bytes := 0
-	for _, d := range data {
-		bytes += len(d)
-	}
+	bytes := b.mem.release(data)
 	if events <= 0 && bytes <= 0 {
 		return
 	}
-	b.mem.release(data)
 	b.mu.Lock()
 	b.heldEvents = max(b.heldEvents-events, 0)
 	b.heldBytes = max(b.heldBytes-bytes, 0)
