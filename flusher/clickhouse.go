@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	json "github.com/goccy/go-json"
 	"io"
 	"log/slog"
 	"net/url"
@@ -66,13 +67,11 @@ type ClickHouse struct {
 	auth   string // the Authorization header's value
 	gz     gzipPool
 
-	mu   sync.Mutex   // protects feat; held while detecting, so one detection runs at a time
-	feat *chFeatures  // nil until detected
-	sawS atomic.Bool  // a response carried X-ClickHouse-Summary
-	warn atomic.Bool  // the "cannot count skipped rows" warning was logged
-	lost sync.Map     // token → struct{}: batches an earlier attempt may have written
-	rand func([]byte) // fills query id suffixes; crypto/rand by default
-	now  func() time.Time
+	mu   sync.Mutex  // protects feat; held while detecting, so one detection runs at a time
+	feat *chFeatures // nil until detected
+	sawS atomic.Bool // a response carried X-ClickHouse-Summary
+	warn atomic.Bool // the "cannot count skipped rows" warning was logged
+	lost sync.Map    // token → struct{}: batches an earlier attempt may have written
 }
 
 // chFeatures is what the server supports, from system.settings.
@@ -127,8 +126,6 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 		},
 		uri:  scheme + "://" + opts.Addr + "/",
 		auth: "Basic " + base64.StdEncoding.EncodeToString([]byte(opts.User+":"+opts.Password)),
-		rand: func(b []byte) { _, _ = rand.Read(b) },
-		now:  time.Now,
 	}, nil
 }
 
@@ -137,7 +134,7 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 // timeouts, memory limits and too many parts, a *StatusError for a missing
 // table or database, refused credentials and rows it cannot parse.
 func (c *ClickHouse) Send(ctx context.Context, b *Batch) (Result, error) {
-	deadline := c.now().Add(c.opts.Timeout)
+	deadline := time.Now().Add(c.opts.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -259,7 +256,7 @@ func (c *ClickHouse) compress(w io.Writer, b *Batch) (string, error) {
 // may still be running.
 func (c *ClickHouse) queryID(token string) string {
 	var r [4]byte
-	c.rand(r[:])
+	_, _ = rand.Read(r[:])
 	return "tbproxy-" + token[:16] + "-" + hex.EncodeToString(r[:])
 }
 
@@ -341,7 +338,7 @@ func summaryWritten(h []byte) (int, bool) {
 		return 0, false
 	}
 	var s map[string]any
-	if err := jsonUnmarshal(h, &s); err != nil {
+	if err := json.Unmarshal(h, &s); err != nil {
 		return 0, false
 	}
 	var n int64
@@ -376,7 +373,7 @@ func (c *ClickHouse) writtenFromQueryLog(ctx context.Context, queryID string, de
 		if s := strings.TrimSpace(string(body)); s != "" {
 			return strconv.Atoi(s)
 		}
-		if c.now().Add(wait).After(deadline) {
+		if time.Now().Add(wait).After(deadline) {
 			break
 		}
 		t := time.NewTimer(wait)

@@ -16,7 +16,7 @@ import (
 // Concurrency slots; a batch waiting out its backoff holds none, so a failing
 // key never starves others. The first attempt's slot was taken by startSends.
 func (f *Flusher) deliver(ctx context.Context, b *Batch) result {
-	r := result{b: b}
+	var r result
 	f.send(ctx, b, &r, true)
 	return r
 }

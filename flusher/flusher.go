@@ -119,7 +119,6 @@ const gatherDelay = time.Millisecond
 // split after a 413 reports all its pieces in one result.
 type result struct {
 	s *stream
-	b *Batch
 	// relRows rows, stored in relData, were delivered or dropped; the rest
 	// of the batch was abandoned at a hard stop and is still held.
 	relRows  int
@@ -391,7 +390,7 @@ func (f *Flusher) abandon() error {
 	if lost == 0 {
 		return nil
 	}
-	failure := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout, Retained: true,
+	failure := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout, Retained: f.opts.RetainOnShutdown,
 		Message: "the proxy shut down before these rows were delivered; they were not written"}
 	if f.opts.RetainOnShutdown {
 		for _, b := range f.heldBatches() {

@@ -12,8 +12,6 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-var jsonUnmarshal = json.Unmarshal
-
 // TinybirdOptions configure a Tinybird Events API upstream.
 type TinybirdOptions struct {
 	// BaseURL is the API host, e.g. https://api.tinybird.co, with no trailing slash.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	json "github.com/goccy/go-json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -114,7 +115,7 @@ func errorText(body []byte) string {
 		Error string `json:"error"`
 	}
 	s := string(body[:min(len(body), 4*maxErrorText)])
-	if err := jsonUnmarshal(body, &e); err == nil && e.Error != "" {
+	if err := json.Unmarshal(body, &e); err == nil && e.Error != "" {
 		s = e.Error
 	}
 	s = strings.TrimSpace(s)
