@@ -166,6 +166,11 @@ func (c *ClickHouse) Send(ctx context.Context, b *Batch) (Result, error) {
 	if status != fasthttp.StatusOK {
 		e := parseCHError(status, func(k string) string { return string(resp.Header.Peek(k)) }, resp.Body())
 		err := c.refusal(e, table, b.Rows)
+		if e.class() == chRedetect {
+			// Not in refusal: features() holds c.mu while its own query
+			// runs, and a refusal there must not take it again.
+			c.forgetFeatures()
+		}
 		if _, retry := isRetryable(err); !retry {
 			c.lost.Delete(token)
 		} else if e.mayHaveWritten() {

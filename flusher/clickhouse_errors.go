@@ -227,8 +227,7 @@ func (c *ClickHouse) refusal(e chError, table string, rows int) error {
 	case chBadQuery:
 		return &StatusError{Status: http.StatusBadRequest, Message: fmt.Sprintf(
 			"ClickHouse refused to %s (%s): %s", what, e.describe(), e.text)}
-	case chRedetect:
-		c.forgetFeatures()
+	case chRedetect: // Send forgets the detected features
 		return &RetryableError{Status: e.status, Err: fmt.Errorf(
 			"ClickHouse refused a setting to %s (%s): %s; detecting the server's settings again", what, e.describe(), e.text)}
 	case chRetry:
