@@ -308,8 +308,10 @@ func (s *Spool) removeLocked(seg *segment) {
 }
 
 // rollLocked seals the current segment (syncing it) and starts a new one.
+// A segment already sealed by a roll that then failed to start the next one
+// is not sealed again: the roll only retries the new segment.
 func (s *Spool) rollLocked() error {
-	if old := s.cur; old != nil {
+	if old := s.cur; old != nil && old.f != nil {
 		if s.opts.Fsync == FsyncAlways {
 			// Writers wait on this sync; it must happen before they go on.
 			if err := s.syncFile(old.f); err != nil {

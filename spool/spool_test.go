@@ -3,9 +3,11 @@ package spool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -178,9 +180,6 @@ func TestRoomComesBack(t *testing.T) {
 // TestUnwritable: a spool that cannot write refuses the request with
 // ErrStorage, stores nothing, and works again once it can write.
 func TestUnwritable(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Log("running as root: permissions do not stop writes; using a full file instead")
-	}
 	dir := t.TempDir()
 	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
 	s := open(t, dir, buf, Options{})
@@ -209,5 +208,50 @@ func TestUnwritable(t *testing.T) {
 	}
 	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil); err != nil || buf.Len() != 1 {
 		t.Errorf("after recovery: got %v, %d buffered; want it stored", err, buf.Len())
+	}
+}
+
+// TestRollFailureRecovers: when the next segment cannot be created, writes
+// are refused with ErrStorage, and they are accepted again as soon as it
+// can be, in every fsync mode (FsyncAlways used to retry syncing the
+// segment it had already sealed, and refused writes until a restart).
+func TestRollFailureRecovers(t *testing.T) {
+	for _, mode := range []Fsync{FsyncAlways, FsyncInterval, FsyncNever} {
+		t.Run(fmt.Sprint(mode), func(t *testing.T) {
+			dir := t.TempDir()
+			buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+			s := open(t, dir, buf, Options{Fsync: mode, SegmentBytes: 256})
+			key := buffer.Key{Datasource: "ds"}
+			line := lines(fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 100)))
+			if err := s.PutWaiting(key, line, nil); err != nil {
+				t.Fatal(err)
+			}
+			// Squat the next segment's name: creating it fails.
+			s.mu.Lock()
+			next := filepath.Join(dir, fmt.Sprintf("seg-%016d.spool", s.nextSeq))
+			s.mu.Unlock()
+			if err := os.Mkdir(next, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			for range 5 { // fill the segment until a roll is needed
+				if err = s.PutWaiting(key, line, nil); err != nil {
+					break
+				}
+			}
+			if !errors.Is(err, buffer.ErrStorage) {
+				t.Fatalf("with the next segment uncreatable: got %v; want ErrStorage", err)
+			}
+			if err := s.PutWaiting(key, line, nil); !errors.Is(err, buffer.ErrStorage) {
+				t.Fatalf("again: got %v; want ErrStorage", err)
+			}
+			if err := os.Remove(next); err != nil {
+				t.Fatal(err)
+			}
+			held := buf.Len()
+			if err := s.PutWaiting(key, line, nil); err != nil || buf.Len() != held+1 {
+				t.Errorf("once the segment can be created: got %v, %d buffered; want it stored (%d)", err, buf.Len(), held+1)
+			}
+		})
 	}
 }
