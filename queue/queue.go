@@ -234,10 +234,14 @@ func (q *Queue) setup() error {
 		MaxAge:    q.opts.MaxAge,
 	}
 	ccfg := jetstream.ConsumerConfig{
-		Durable:       q.opts.Consumer,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.opts.AckWait,
-		MaxDeliver:    q.opts.MaxDeliver,
+		Durable:   q.opts.Consumer,
+		AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait:   q.opts.AckWait,
+		// Unlimited here: the bridge dead-letters a message on its
+		// MaxDeliver-th delivery. Were JetStream to stop at the same count,
+		// a replica dying while it held that delivery would leave the
+		// message in the stream, never delivered and never dead-lettered.
+		MaxDeliver:    -1,
 		MaxAckPending: maxAckPending,
 		FilterSubject: q.opts.Subject + ".*",
 	}
