@@ -213,8 +213,15 @@ func flusherOptions(cfg config.Config, up flusher.Upstream) flusher.Options {
 		// The spool keeps what a shutdown could not deliver, for the next
 		// start, and the queue for another replica; dead-lettering it too
 		// would deliver it twice.
-		RetainOnShutdown: cfg.SpoolDir != "" || cfg.QueueURL != "",
+		RetainOnShutdown: cfg.SpoolDir != "" || queueOn(cfg),
 	}
+}
+
+// queueOn reports whether the JetStream queue is configured: QUEUE_URL
+// names at least one server (QUEUE_URL="," does not).
+func queueOn(cfg config.Config) bool {
+	_, on := cfg.QueueURLs()
+	return on
 }
 
 func newUpstream(cfg config.Config, log *slog.Logger) (flusher.Upstream, error) {
