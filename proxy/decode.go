@@ -16,7 +16,8 @@ var (
 	errUnsupportedCE = errors.New("unsupported content encoding")
 )
 
-// decoders pools gzip and zstd readers, and buffers for decoded bodies.
+// decoders pools gzip and zstd readers, and buffers for request bodies,
+// as read from the connection or decoded.
 // Safe for concurrent use; the zero value is ready.
 type decoders struct {
 	gzip   sync.Pool // of *gzip.Reader

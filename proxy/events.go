@@ -51,7 +51,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose() // the rest of the body is not read
 		return
 	}
-	defer s.bodies.put(rawBuf)
+	defer s.decoders.bodies.put(rawBuf)
 	body, bodyBuf, err := s.decoders.decode(ctx.Request.Header.ContentEncoding(), raw, s.opts.MaxBodyBytes)
 	switch {
 	case errors.Is(err, errTooLarge):
@@ -200,7 +200,7 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, reason string, bod
 // from the stream into a pooled buffer (one memcpy, cheap next to
 // validation) up to the limit, and refused (false) beyond it. Request.Body()
 // would copy too, and log a warning per request. Hand the returned buffer
-// (nil if none was used) back to s.bodies when done with the body.
+// (nil if none was used) back to s.decoders.bodies when done with the body.
 func (s *Server) rawBody(ctx *fasthttp.RequestCtx) ([]byte, *bodyBuf, bool) {
 	if !ctx.Request.IsBodyStream() {
 		return ctx.Request.Body(), nil, true
@@ -208,9 +208,9 @@ func (s *Server) rawBody(ctx *fasthttp.RequestCtx) ([]byte, *bodyBuf, bool) {
 	if n := ctx.Request.Header.ContentLength(); n > s.opts.MaxBodyBytes {
 		return nil, nil, false
 	}
-	bb, n, err := s.bodies.read(ctx.RequestBodyStream(), s.opts.MaxBodyBytes)
+	bb, n, err := s.decoders.bodies.read(ctx.RequestBodyStream(), s.opts.MaxBodyBytes)
 	if err != nil || n > int64(s.opts.MaxBodyBytes) {
-		s.bodies.put(bb)
+		s.decoders.bodies.put(bb)
 		return nil, nil, false
 	}
 	return bb.B, bb, true

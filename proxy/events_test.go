@@ -245,11 +245,17 @@ func TestBufferFullRefusesWhole(t *testing.T) {
 	if res.status != 413 {
 		t.Errorf("oversized request: got %d; want 413", res.status)
 	}
-	// Far more lines than the buffer holds: refused before splitting.
+	// Far more lines than the buffer holds: refused before splitting. Had it
+	// been split, the buffer's ErrTooLarge would give the same 413 but count
+	// the 100,000 events it had cut out.
+	before := testutil.ToFloat64(ts.srv.m.refusedEvents.WithLabelValues(reasonTooLarge))
 	res = ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "gzip"},
 		gzipped(t, bytes.Repeat([]byte("{}\n"), 100_000)))
 	if res.status != 413 || !strings.Contains(res.body, "more events") {
 		t.Errorf("100k-line request: got %d %s; want 413", res.status, res.body)
+	}
+	if got := testutil.ToFloat64(ts.srv.m.refusedEvents.WithLabelValues(reasonTooLarge)) - before; got != 0 {
+		t.Errorf("100k-line request: %v events counted as split and refused; want it refused before splitting", got)
 	}
 }
 

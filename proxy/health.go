@@ -18,7 +18,7 @@ func (s *Server) health(ctx *fasthttp.RequestCtx) {
 // so a load balancer sends writes to a replica with room.
 func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetContentType("application/json")
-	fill := s.buf.Fill()
+	fill, notReady := s.buf.Fill(), s.notReady()
 	switch {
 	case s.draining.Load():
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
@@ -26,9 +26,9 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 	case s.opts.UpstreamHealthy != nil && !s.opts.UpstreamHealthy():
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		ctx.SetBodyString(`{"status":"upstream failing"}`)
-	case s.notReady() != "":
+	case notReady != "":
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
-		ctx.SetBodyString(`{"status":` + strconv.Quote(s.notReady()) + `}`)
+		ctx.SetBodyString(`{"status":` + strconv.Quote(notReady) + `}`)
 	case fill >= s.opts.HighWatermark && !s.opts.IgnoreBufferFill:
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		ctx.SetBodyString(`{"status":"buffer above high-water mark","buffer_fill":` + strconv.FormatFloat(fill, 'f', 3, 64) + `}`)

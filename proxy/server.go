@@ -131,7 +131,6 @@ type Server struct {
 	pass     *passthrough // nil: other paths get 404
 	store    Store
 	cors     cors
-	bodies   bodyPool // for request bodies that arrive as a stream
 
 	draining atomic.Bool
 }
