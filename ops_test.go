@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tbproxy/tbproxy/config"
 	"github.com/tbproxy/tbproxy/internal/fakebird"
 	"github.com/tbproxy/tbproxy/internal/natstest"
 )
@@ -131,5 +132,25 @@ func TestE2EShutdownDelay(t *testing.T) {
 	}
 	if fb.RowCountFor("late") != 1 {
 		t.Errorf("the write accepted during the delay was not delivered")
+	}
+}
+
+// TestRetainOnShutdownNeedsAStore: rows left at the shutdown timeout are
+// kept for later only when a spool or a queue will deliver them; otherwise
+// they are dead-lettered and counted. QUEUE_URL="," names no server and
+// opens no queue, so it retains nothing.
+func TestRetainOnShutdownNeedsAStore(t *testing.T) {
+	for _, tt := range []struct {
+		cfg  config.Config
+		want bool
+	}{
+		{config.Config{}, false},
+		{config.Config{QueueURL: ","}, false},
+		{config.Config{QueueURL: "nats://127.0.0.1:4222"}, true},
+		{config.Config{SpoolDir: "/var/lib/tbproxy"}, true},
+	} {
+		if got := flusherOptions(tt.cfg, nil).RetainOnShutdown; got != tt.want {
+			t.Errorf("QUEUE_URL=%q SPOOL_DIR=%q: RetainOnShutdown %v; want %v", tt.cfg.QueueURL, tt.cfg.SpoolDir, got, tt.want)
+		}
 	}
 }
