@@ -318,13 +318,15 @@ run_sustained() {
 	log "perf.sh: sustained, K=$k"
 	start_sustained "sustained-$k$SUF"
 	loadgen "sustained-$k$SUF" -url "http://127.0.0.1:$PORT" -events "$k" -token tb_perf_client "${LGARGS[@]}"
+	cpu_note "$FB_PID"
+	local fbcpu=$CPUNOTE
 	cpu_note "$PID"
 	stop_sustained "sustained-$k$SUF"
 	rps=$(j "sustained-$k$SUF" req_per_s)
 	RATIOS[sustained-$k]+=" $(ratio "$rps" "${CEIL_RPS[$k]}")"
 	row "sustained$RUNLABEL" "$k" "$(n "$rps")" "$(n "$(j "sustained-$k$SUF" events_per_s)")" "**$(ratio "$rps" "${CEIL_RPS[$k]}")**" \
 		"$(f "$(j "sustained-$k$SUF" p50_ms)")" "$(f "$(j "sustained-$k$SUF" p99_ms)")" \
-		"$(answers "sustained-$k$SUF"); $NOTE; proxy $CPUNOTE$LOGNOTE"
+		"$(answers "sustained-$k$SUF"); $NOTE; proxy $CPUNOTE; fakebird ${fbcpu%%,*}$LOGNOTE"
 }
 
 for ((r = 1; r <= RUNS; r++)); do
