@@ -376,6 +376,9 @@ func normalizeBaseURL(raw string) (string, error) {
 		return "", fmt.Errorf("unsupported URL; %s", want)
 	case u.Host == "":
 		return "", fmt.Errorf("missing host; %s", want)
+	case u.User != nil:
+		// Credentials belong in TINYBIRD_TOKEN, never in a URL that is logged.
+		return "", errors.New("must not contain user information (user:password@)")
 	case u.RawQuery != "" || u.Fragment != "":
 		// The flusher appends /v0/events?name=…, and a token in the query
 		// would end up in logs; it belongs in TINYBIRD_TOKEN.

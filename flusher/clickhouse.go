@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tbproxy/tbproxy/internal/endpoint"
 	"github.com/valyala/fasthttp"
 )
 
@@ -63,8 +64,8 @@ type ClickHouseOptions struct {
 type ClickHouse struct {
 	opts   ClickHouseOptions
 	client *fasthttp.Client
-	uri    string // scheme://addr/, no credentials: safe for errors and logs
-	auth   string // the Authorization header's value
+	base   endpoint.Endpoint // scheme://addr, no credentials: safe for errors and logs
+	auth   string            // the Authorization header's value
 	gz     gzipPool
 
 	mu   sync.Mutex  // protects feat; held while detecting, so one detection runs at a time
@@ -111,8 +112,13 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 	if opts.TLS {
 		scheme = "https"
 	}
+	base, err := endpoint.Parse(scheme+"://"+opts.Addr, scheme)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse upstream: address: %w", err)
+	}
 	return &ClickHouse{
 		opts: opts,
+		base: base,
 		client: &fasthttp.Client{
 			Name:               opts.UserAgent,
 			MaxConnsPerHost:    opts.MaxConns,
@@ -124,7 +130,6 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 			// Answers are error texts or a few numbers.
 			MaxResponseBodySize: 1 << 20,
 		},
-		uri:  scheme + "://" + opts.Addr + "/",
 		auth: "Basic " + base64.StdEncoding.EncodeToString([]byte(opts.User+":"+opts.Password)),
 	}, nil
 }
@@ -153,14 +158,14 @@ func (c *ClickHouse) Send(ctx context.Context, b *Batch) (Result, error) {
 		return Result{}, fmt.Errorf("compress %d events: %w", b.Rows, err)
 	}
 	queryID := c.queryID(token)
-	req.SetRequestURI(c.uri + "?" + c.insertParams(table, b.Rows, token, queryID, feat).Encode())
+	c.base.Point(req, []byte("/"), []byte(c.insertParams(table, b.Rows, token, queryID, feat).Encode()))
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.Set(fasthttp.HeaderContentEncoding, "gzip")
 	req.Header.Set(fasthttp.HeaderAuthorization, c.auth)
 
 	if err := c.client.DoDeadline(req, resp, deadline); err != nil {
 		c.lost.Store(token, struct{}{})
-		return Result{}, &RetryableError{Err: fmt.Errorf("insert %d rows into %s at %s: %w", b.Rows, table, c.uri, err)}
+		return Result{}, &RetryableError{Err: fmt.Errorf("insert %d rows into %s at %s: %w", b.Rows, table, c.base, err)}
 	}
 	status := resp.StatusCode()
 	if status != fasthttp.StatusOK {
@@ -281,7 +286,7 @@ func (c *ClickHouse) features(deadline time.Time) (*chFeatures, error) {
 	}
 	f := parseFeatures(body)
 	c.feat = f
-	c.opts.Log.Info("clickhouse server detected", "url", c.uri, "database", c.opts.Database, "version", f.version,
+	c.opts.Log.Info("clickhouse server detected", "url", c.base, "database", c.opts.Database, "version", f.version,
 		"insert_deduplication_token", f.dedupToken, "date_time_input_format", f.bestEffort)
 	return f, nil
 }
@@ -318,16 +323,12 @@ func (c *ClickHouse) query(sql string, params url.Values, deadline time.Time) ([
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
-	uri := c.uri
-	if len(params) > 0 {
-		uri += "?" + params.Encode()
-	}
-	req.SetRequestURI(uri)
+	c.base.Point(req, []byte("/"), []byte(params.Encode()))
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.Set(fasthttp.HeaderAuthorization, c.auth)
 	req.SetBodyString(sql)
 	if err := c.client.DoDeadline(req, resp, deadline); err != nil {
-		return nil, &RetryableError{Err: fmt.Errorf("query %s: %w", c.uri, err)}
+		return nil, &RetryableError{Err: fmt.Errorf("query %s: %w", c.base, err)}
 	}
 	if status := resp.StatusCode(); status != fasthttp.StatusOK {
 		return nil, c.refusal(parseCHError(status, func(k string) string { return string(resp.Header.Peek(k)) }, resp.Body()), "", 0)

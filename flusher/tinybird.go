@@ -9,6 +9,7 @@ import (
 	"time"
 
 	json "github.com/goccy/go-json"
+	"github.com/tbproxy/tbproxy/internal/endpoint"
 	"github.com/valyala/fasthttp"
 )
 
@@ -34,17 +35,17 @@ type TinybirdOptions struct {
 // safe for concurrent use. Create one with NewTinybird.
 type Tinybird struct {
 	opts   TinybirdOptions
+	base   endpoint.Endpoint
 	client *fasthttp.Client
 	gz     gzipPool
 }
 
 // NewTinybird returns an upstream for the Events API at opts.BaseURL.
 func NewTinybird(opts TinybirdOptions) (*Tinybird, error) {
-	u, err := url.Parse(opts.BaseURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("tinybird upstream: base URL must be http(s)://host")
+	base, err := endpoint.Parse(opts.BaseURL, "http", "https")
+	if err != nil {
+		return nil, fmt.Errorf("tinybird upstream: base URL: %w", err)
 	}
-	opts.BaseURL = strings.TrimRight(opts.BaseURL, "/")
 	if opts.Timeout <= 0 {
 		opts.Timeout = 30 * time.Second
 	}
@@ -53,6 +54,7 @@ func NewTinybird(opts TinybirdOptions) (*Tinybird, error) {
 	}
 	return &Tinybird{
 		opts: opts,
+		base: base,
 		client: &fasthttp.Client{
 			Name:                opts.UserAgent,
 			MaxConnsPerHost:     opts.MaxConns,
@@ -71,11 +73,11 @@ func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 
-	uri := t.opts.BaseURL + "/v0/events?name=" + url.QueryEscape(b.Key.Datasource)
+	query := "name=" + url.QueryEscape(b.Key.Datasource)
 	if t.opts.Wait {
-		uri += "&wait=true"
+		query += "&wait=true"
 	}
-	req.SetRequestURI(uri)
+	t.base.Point(req, []byte("/v0/events"), []byte(query))
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.SetContentType("application/x-ndjson")
 	req.Header.Set(fasthttp.HeaderContentEncoding, "gzip")
@@ -93,7 +95,7 @@ func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
 		deadline = d
 	}
 	if err := t.client.DoDeadline(req, resp, deadline); err != nil {
-		return Result{}, &RetryableError{Err: fmt.Errorf("post to %s: %w", t.opts.BaseURL, err)}
+		return Result{}, &RetryableError{Err: fmt.Errorf("post to %s: %w", t.base, err)}
 	}
 	status := resp.StatusCode()
 	if err := classify(status, resp.Body(), func(k string) string { return string(resp.Header.Peek(k)) }, time.Now()); err != nil {

@@ -50,6 +50,7 @@ var (
 	bodyShuttingDown        = errorBody("the proxy is shutting down; retry against another instance")
 	bodyNotFound            = errorBody("not found")
 	bodyNotAllowed          = errorBody("method not allowed")
+	bodyBadTarget           = errorBody("the request target must be a path starting with '/'")
 	bodyUnsupportedCE       = errorBody("unsupported Content-Encoding: use gzip, zstd or none")
 	bodyBadCompressed       = errorBody("the request body could not be decompressed")
 	bodyOriginDenied        = errorBody("origin not allowed: see CORS_ALLOWED_ORIGINS")

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tbproxy/tbproxy/internal/endpoint"
 	"github.com/valyala/fasthttp"
 )
 
@@ -36,7 +38,7 @@ type PassthroughOptions struct {
 // passthrough is a streaming reverse proxy to Tinybird. Safe for
 // concurrent use.
 type passthrough struct {
-	base     string
+	base     endpoint.Endpoint
 	token    string
 	readOnly bool
 	client   *fasthttp.Client
@@ -46,16 +48,16 @@ func newPassthrough(o PassthroughOptions) (*passthrough, error) {
 	if o.BaseURL == "" {
 		return nil, nil
 	}
-	u, err := url.Parse(o.BaseURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, errors.New("passthrough: base URL must be http(s)://host")
+	base, err := endpoint.Parse(o.BaseURL, "http", "https")
+	if err != nil {
+		return nil, fmt.Errorf("passthrough: base URL: %w", err)
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
 	}
 	idle := o.Timeout
 	return &passthrough{
-		base:     strings.TrimRight(o.BaseURL, "/"),
+		base:     base,
 		token:    o.Token,
 		readOnly: o.ReadOnly,
 		client: &fasthttp.Client{
@@ -138,18 +140,18 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
-	args := ctx.QueryArgs()
+	// The path and query as received, still percent-encoded: decoding the
+	// path would turn %3F into a query and %20 into a space in upstream's
+	// request line, and re-encoding the query would change what a pipe's
+	// parameters mean. Only the scheme and host of TINYBIRD_BASE_URL decide
+	// where the request goes (route refused every target not starting with
+	// '/').
+	query := ctx.URI().QueryString()
 	if !s.opts.PassThrough {
-		args.Del("token") // the proxy's client token is not Tinybird's
+		query = withoutParam(query, "token") // the proxy's client token is not Tinybird's
 	}
-	// The path as received, still percent-encoded: decoding it would turn
-	// %3F into a query and %20 into a space in upstream's request line.
-	uri := p.base + string(ctx.URI().PathOriginal())
-	if q := args.QueryString(); len(q) > 0 {
-		uri += "?" + string(q)
-	}
-	req.SetRequestURI(uri)
 	req.Header.DisableNormalizing()
+	p.base.Point(req, ctx.URI().PathOriginal(), query)
 	reqConn := ctx.Request.Header.Peek(fasthttp.HeaderConnection)
 	ctx.Request.Header.VisitAll(func(k, v []byte) {
 		if !hopByHop(k, reqConn) {
@@ -210,4 +212,25 @@ func (b *releasingBody) Close() error {
 	err := b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
 	return err
+}
+
+// withoutParam returns the raw query q without its name parameters, every
+// other byte as it was. A key is compared percent-decoded, as the token is
+// read (tok%65n is token too).
+func withoutParam(q []byte, name string) []byte {
+	if len(q) == 0 {
+		return q
+	}
+	out := make([]byte, 0, len(q))
+	for part := range bytes.SplitSeq(q, []byte("&")) {
+		key, _, _ := bytes.Cut(part, []byte("="))
+		if k, err := url.QueryUnescape(string(key)); err == nil && k == name {
+			continue
+		}
+		if len(out) > 0 {
+			out = append(out, '&')
+		}
+		out = append(out, part...)
+	}
+	return out
 }

@@ -18,7 +18,7 @@ import (
 
 // seen is what the fake Tinybird API saw of one forwarded request.
 type seen struct {
-	method, path, query, auth string
+	method, host, path, query, auth string
 	header                    http.Header
 	bodyLen                   int
 	bodySum                   [32]byte
@@ -36,7 +36,7 @@ func fakeAPI(t *testing.T) (*httptest.Server, func() []seen) {
 		var sum [32]byte
 		copy(sum[:], h.Sum(nil))
 		mu.Lock()
-		log = append(log, seen{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Authorization"), r.Header.Clone(), int(n), sum})
+		log = append(log, seen{r.Method, r.Host, r.URL.Path, r.URL.RawQuery, r.Header.Get("Authorization"), r.Header.Clone(), int(n), sum})
 		mu.Unlock()
 		switch {
 		case r.URL.Path == "/v0/pipes/top.json":

@@ -212,6 +212,12 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 		}
 	}()
 	setRequestID(ctx)
+	if status, body := requestTarget(ctx); status != 0 {
+		writeError(ctx, status, body)
+		ctx.SetConnectionClose()
+		s.m.request(handlerOther, status)
+		return
+	}
 	switch string(ctx.Path()) {
 	case "/v0/events":
 		allowed := s.cors.allowOrigin(ctx)
@@ -242,6 +248,23 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	s.m.request(handlerOther, ctx.Response.StatusCode())
+}
+
+// requestTarget refuses what is not a request for a path on this server
+// (origin-form, RFC 9112 §3.2.1): CONNECT and TRACE, and a target in
+// absolute form (http://host/x), authority form (host:port), "*", or
+// anything else not starting with '/'. Each of them names another host, and
+// the proxy forwards only to the one it is configured with. It returns 0
+// when the target is fine.
+func requestTarget(ctx *fasthttp.RequestCtx) (int, []byte) {
+	switch string(ctx.Method()) {
+	case fasthttp.MethodConnect, fasthttp.MethodTrace:
+		return fasthttp.StatusMethodNotAllowed, bodyNotAllowed
+	}
+	if rt := ctx.Request.Header.RequestURI(); len(rt) == 0 || rt[0] != '/' {
+		return fasthttp.StatusBadRequest, bodyBadTarget
+	}
+	return 0, nil
 }
 
 // setRequestID echoes the client's X-Request-Id (if short and printable) or

@@ -1,0 +1,146 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tbproxy/tbproxy/buffer"
+)
+
+// rawRequest writes raw to addr as it is, byte for byte (no client library
+// would send most of what these tests send), and reads one response.
+func rawRequest(t *testing.T, addr, raw string) response {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", raw, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return response{status: res.StatusCode, header: res.Header, body: string(b)}
+}
+
+// victim listens on another loopback address and counts every connection
+// it gets: no request through the proxy may ever reach it.
+func victim(t *testing.T) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no second loopback address: %v", err)
+	}
+	var hits atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			hits.Add(1)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{\"pwned\":true}")
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String(), &hits
+}
+
+// TestPassthroughNeverLeavesTheConfiguredHost sends request targets that
+// name another host, with every method, in both auth modes: none may reach
+// the victim listener, and every request upstream gets goes to the
+// configured host.
+func TestPassthroughNeverLeavesTheConfiguredHost(t *testing.T) {
+	victimAddr, hits := victim(t)
+	host, port, _ := net.SplitHostPort(victimAddr)
+	targets := []string{
+		"@" + victimAddr + "/v0/pipes",
+		"." + victimAddr + "/x",
+		"//" + victimAddr + "/x",
+		victimAddr,
+		"http://" + victimAddr + "/x",
+		"https://" + victimAddr + "/x",
+		"*",
+		"v0/pipes",
+		"@" + host + ":" + port,
+	}
+	methods := []string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
+	for _, mode := range []struct {
+		name string
+		opts Options
+	}{
+		{"proxy token", Options{Tokens: []string{clientToken}}},
+		{"pass-through", Options{PassThrough: true}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			api, requests := fakeAPI(t)
+			opts := mode.opts
+			opts.Passthrough = PassthroughOptions{BaseURL: api.URL, Token: "tb-upstream", Timeout: time.Second}
+			ts := startServer(t, opts, buffer.Options{})
+			addr := strings.TrimPrefix(ts.url, "http://")
+			apiHost := strings.TrimPrefix(api.URL, "http://")
+			for _, m := range methods {
+				for _, target := range targets {
+					res := rawRequest(t, addr, m+" "+target+" HTTP/1.1\r\nHost: "+victimAddr+
+						"\r\nAuthorization: Bearer "+clientToken+"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+					if !strings.HasPrefix(target, "/") || m == "CONNECT" || m == "TRACE" {
+						if res.status != 400 && res.status != 405 {
+							t.Errorf("%s %s: got %d; want 400 or 405", m, target, res.status)
+						}
+						if m != "HEAD" && !strings.HasPrefix(res.body, `{"error":`) {
+							t.Errorf("%s %s: body %q is not a JSON error", m, target, res.body)
+						}
+					}
+				}
+			}
+			if n := hits.Load(); n != 0 {
+				t.Fatalf("the victim listener got %d connections through the proxy", n)
+			}
+			for _, r := range requests() {
+				if r.host != apiHost {
+					t.Errorf("upstream got %s %s for host %q; want only %q", r.method, r.path, r.host, apiHost)
+				}
+				if mode.name == "proxy token" && r.auth != "Bearer tb-upstream" {
+					t.Errorf("upstream got Authorization %q", r.auth)
+				}
+			}
+		})
+	}
+}
+
+// TestPassthroughForwardsTheRawQuery: the query reaches upstream byte for
+// byte as the client encoded it, less the proxy's own token parameter.
+func TestPassthroughForwardsTheRawQuery(t *testing.T) {
+	api, requests := fakeAPI(t)
+	ts := startServer(t, Options{Tokens: []string{clientToken},
+		Passthrough: PassthroughOptions{BaseURL: api.URL, Token: "tb-upstream", Timeout: time.Second}}, buffer.Options{})
+	addr := strings.TrimPrefix(ts.url, "http://")
+	for _, c := range []struct{ query, want string }{
+		{"d=a;e=f&token=" + clientToken, "d=a;e=f"},
+		{"q=%zz&tok%65n=" + clientToken + "&x=%2B+1", "q=%zz&x=%2B+1"},
+		{"token=" + clientToken, ""},
+		{"a=1&b=&c&token=" + clientToken + "&d", "a=1&b=&c&d"},
+	} {
+		res := rawRequest(t, addr, "GET /v0/sql?"+c.query+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		if res.status != 201 {
+			t.Fatalf("GET /v0/sql?%s: got %d %s", c.query, res.status, res.body)
+		}
+		got := requests()
+		if last := got[len(got)-1]; last.query != c.want {
+			t.Errorf("client query %q reached upstream as %q; want %q", c.query, last.query, c.want)
+		}
+	}
+}
