@@ -176,6 +176,7 @@ func proxyOptions(cfg config.Config, fl *flusher.Flusher, reg *prometheus.Regist
 		MaxDatasources:  cfg.MaxDatasources,
 		MaxConnections:  cfg.MaxConnections,
 		MaxHeaderBytes:  int(cfg.MaxHeaderBytes),
+		MaxTokenBytes:   int(cfg.MaxTokenBytes),
 		UpstreamHealthy: upstreamHealthy,
 		ReadTimeout:     cfg.ReadTimeout,
 		WriteTimeout:    cfg.WriteTimeout,

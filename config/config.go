@@ -181,6 +181,10 @@ type Config struct {
 	// MaxHeaderBytes caps a request's headers (MAX_HEADER_BYTES, 16KiB).
 	MaxHeaderBytes ByteSize `env:"MAX_HEADER_BYTES" envDefault:"16KiB"`
 
+	// MaxTokenBytes caps the length of a client's token (MAX_TOKEN_BYTES,
+	// 4KiB); a longer one is refused with 403 before it is stored or sent.
+	MaxTokenBytes ByteSize `env:"MAX_TOKEN_BYTES" envDefault:"4KiB"`
+
 	// ReadTimeout is the HTTP server's read timeout (READ_TIMEOUT, 30s).
 	ReadTimeout time.Duration `env:"READ_TIMEOUT" envDefault:"30s"`
 
@@ -313,6 +317,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("max_datasources", c.MaxDatasources),
 		slog.Int("max_connections", c.MaxConnections),
 		slog.String("max_header_bytes", c.MaxHeaderBytes.String()),
+		slog.String("max_token_bytes", c.MaxTokenBytes.String()),
 		slog.String("read_timeout", c.ReadTimeout.String()),
 		slog.String("write_timeout", c.WriteTimeout.String()),
 		slog.String("idle_timeout", c.IdleTimeout.String()),

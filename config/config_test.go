@@ -45,6 +45,7 @@ func TestLoadDefaults(t *testing.T) {
 		MaxDatasources:      1000,
 		MaxConnections:      10000,
 		MaxHeaderBytes:      16 << 10,
+		MaxTokenBytes:       4 << 10,
 		ReadTimeout:         30 * time.Second,
 		WriteTimeout:        30 * time.Second,
 		IdleTimeout:         60 * time.Second,
@@ -196,6 +197,11 @@ func TestLoadInvalid(t *testing.T) {
 		{"idle timeout 0", map[string]string{"IDLE_TIMEOUT": "0s"}, `IDLE_TIMEOUT: must be greater than 0, got 0s`},
 		{"log level", map[string]string{"LOG_LEVEL": "loud"}, `LOG_LEVEL: invalid level "loud" (want debug, info, warn or error)`},
 		{"log format", map[string]string{"LOG_FORMAT": "xml"}, `LOG_FORMAT: must be json or text, got "xml"`},
+		{"max token bytes small", map[string]string{"MAX_TOKEN_BYTES": "8"}, `MAX_TOKEN_BYTES: must be between 16B and 64KiB, got 8B`},
+		{"client token with a space", map[string]string{"TINYBIRD_TOKEN": "p.x", "AUTHORIZATION_TOKEN": "good,bad token"},
+			`AUTHORIZATION_TOKEN: token 2 of 2 is not 1 to MAX_TOKEN_BYTES (4KiB) printable ASCII characters without spaces`},
+		{"client token too long", map[string]string{"TINYBIRD_TOKEN": "p.x", "AUTHORIZATION_TOKEN": strings.Repeat("t", 17), "MAX_TOKEN_BYTES": "16"},
+			`AUTHORIZATION_TOKEN: token 1 of 1 is not 1 to MAX_TOKEN_BYTES (16B)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -59,6 +59,12 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.check(c.MaxDatasources >= 1, "MAX_DATASOURCES", "must be at least 1, got %d", c.MaxDatasources)
 	v.check(c.MaxConnections >= 1, "MAX_CONNECTIONS", "must be at least 1, got %d", c.MaxConnections)
 	v.check(c.MaxHeaderBytes >= 1<<10 && c.MaxHeaderBytes <= 1<<20, "MAX_HEADER_BYTES", "must be between 1KiB and 1MiB, got %s", c.MaxHeaderBytes)
+	v.check(c.MaxTokenBytes >= 16 && c.MaxTokenBytes <= 64<<10, "MAX_TOKEN_BYTES", "must be between 16B and 64KiB, got %s", c.MaxTokenBytes)
+	for i, t := range c.AuthorizationTokens {
+		// A client could never send such a token: the proxy refuses it at the door.
+		v.check(tokenShape(t, int(c.MaxTokenBytes)), "AUTHORIZATION_TOKEN",
+			"token %d of %d is not 1 to MAX_TOKEN_BYTES (%s) printable ASCII characters without spaces", i+1, len(c.AuthorizationTokens), c.MaxTokenBytes)
+	}
 	v.check(len(c.CORSAllowedOrigins) > 0, "CORS_ALLOWED_ORIGINS", "must list at least one origin, or *")
 	v.check(c.TokenDenyTTL >= 0, "TOKEN_DENY_TTL", "must not be negative, got %s", c.TokenDenyTTL)
 	// A zero ReadTimeout or IdleTimeout lets idle keep-alive connections pin
@@ -68,6 +74,20 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.positive("IDLE_TIMEOUT", c.IdleTimeout)
 	v.check(c.LogFormat == "json" || c.LogFormat == "text", "LOG_FORMAT", "must be json or text, got %q", c.LogFormat)
 	return v.errs
+}
+
+// tokenShape reports whether t looks like a token the proxy accepts from a
+// client: 1 to max bytes of printable ASCII, no spaces.
+func tokenShape(t string, max int) bool {
+	if len(t) == 0 || len(t) > max {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		if t[i] < 0x21 || t[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // validator collects one error per failed check.

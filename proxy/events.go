@@ -36,11 +36,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	token := requestToken(ctx)
-	if !s.authorized(token) {
-		body := bodyBadToken
-		if len(token) == 0 {
-			body = bodyNoToken
-		}
+	if body := s.checkToken(token); body != nil {
 		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, body, 0)
 		return
 	}
@@ -230,22 +226,41 @@ func requestToken(ctx *fasthttp.RequestCtx) []byte {
 	return ctx.QueryArgs().Peek("token")
 }
 
-// authorized reports whether token may use the proxy. In pass-through mode
-// any non-empty token may (upstream judges it); otherwise it must equal one
-// of the configured tokens, compared in constant time and against every one
-// of them, so timing reveals neither a prefix nor which token matched.
-func (s *Server) authorized(token []byte) bool {
-	if s.opts.PassThrough {
-		return len(token) > 0
+// checkToken returns nil if token may use the proxy, else the body of the
+// 403 to answer. A token that is present must be 1 to MaxTokenBytes of
+// printable ASCII without spaces, in every mode: no token has other bytes,
+// and these would otherwise be forwarded, stored and spooled as they came.
+// In pass-through mode any such token may use the proxy (upstream judges
+// it); otherwise it must equal one of the configured tokens, compared in
+// constant time and against every one of them, so timing reveals neither a
+// prefix nor which token matched. With no configured tokens, anyone may.
+func (s *Server) checkToken(token []byte) []byte {
+	if len(token) > 0 && !s.tokenShape(token) {
+		return s.badShape
 	}
-	if len(s.tokens) == 0 {
-		return true
+	if !s.opts.PassThrough && len(s.tokens) == 0 {
+		return nil
+	}
+	if len(token) == 0 {
+		return bodyNoToken
+	}
+	if s.opts.PassThrough {
+		return nil
 	}
 	ok := 0
 	for _, t := range s.tokens {
 		ok |= subtle.ConstantTimeCompare(token, t)
 	}
-	return ok == 1
+	if ok != 1 {
+		return bodyBadToken
+	}
+	return nil
+}
+
+// tokenShape reports whether token is 1 to MaxTokenBytes bytes of printable
+// ASCII, with no spaces.
+func (s *Server) tokenShape(token []byte) bool {
+	return len(token) <= s.opts.MaxTokenBytes && printable(token)
 }
 
 // validName reports whether b is a datasource name Tinybird accepts:

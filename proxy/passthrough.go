@@ -128,14 +128,13 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, fasthttp.StatusForbidden, bodyReadOnlyPassthrough)
 		return
 	}
-	token := requestToken(ctx)
-	if !s.opts.PassThrough && !s.authorized(token) {
-		body := bodyBadToken
-		if len(token) == 0 {
-			body = bodyNoToken
+	// In pass-through mode a request with no token goes on: upstream
+	// answers it as it would answer the client.
+	if token := requestToken(ctx); len(token) > 0 || !s.opts.PassThrough {
+		if body := s.checkToken(token); body != nil {
+			writeError(ctx, fasthttp.StatusForbidden, body)
+			return
 		}
-		writeError(ctx, fasthttp.StatusForbidden, body)
-		return
 	}
 
 	req := fasthttp.AcquireRequest()

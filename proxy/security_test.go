@@ -144,3 +144,60 @@ func TestPassthroughForwardsTheRawQuery(t *testing.T) {
 		}
 	}
 }
+
+// TestTokensOfTheWrongShapeAreRefused: a token with a byte no token has, a
+// blank one, or one over MaxTokenBytes is refused at the door in every
+// mode, for events and the passthrough alike, and never reaches upstream or
+// the buffer.
+func TestTokensOfTheWrongShapeAreRefused(t *testing.T) {
+	long := strings.Repeat("t", 65)
+	for _, mode := range []struct {
+		name string
+		opts Options
+	}{
+		{"pass-through", Options{PassThrough: true}},
+		{"proxy token", Options{Tokens: []string{clientToken}}},
+		{"open", Options{}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			api, requests := fakeAPI(t)
+			opts := mode.opts
+			opts.MaxTokenBytes = 64
+			opts.Passthrough = PassthroughOptions{BaseURL: api.URL, Timeout: time.Second}
+			ts := startServer(t, opts, buffer.Options{})
+			addr := strings.TrimPrefix(ts.url, "http://")
+			for _, c := range []struct{ name, query, header string }{
+				{"NUL in query", "token=abc%00def", ""},
+				{"newline in query", "token=abc%0Adef", ""},
+				{"spaces in query", "token=%20%20%20", ""},
+				{"space inside", "token=abc%20def", ""},
+				{"non-ASCII", "token=%C3%A9t%C3%A9", ""},
+				{"DEL", "token=abc%7F", ""},
+				{"too long in query", "token=" + long, ""},
+				{"too long in header", "", "Authorization: Bearer " + long + "\r\n"},
+				{"tab in header", "", "Authorization: Bearer abc\tdef\r\n"},
+			} {
+				for _, path := range []string{"/v0/events?name=ds&", "/v0/pipes/p.json?"} {
+					res := rawRequest(t, addr, "POST "+path+c.query+" HTTP/1.1\r\nHost: x\r\n"+c.header+
+						"Content-Length: 8\r\nConnection: close\r\n\r\n{\"a\":1}\n")
+					if res.status != 403 || !strings.Contains(res.body, "printable ASCII") {
+						t.Errorf("%s, %s: got %d %s; want 403 naming the token's shape", c.name, path, res.status, res.body)
+					}
+				}
+			}
+			if got := requests(); len(got) != 0 {
+				t.Errorf("upstream got %d requests, first with Authorization %q", len(got), got[0].auth)
+			}
+			if data, _ := ts.stored(); data != "" {
+				t.Errorf("the buffer holds %q", data)
+			}
+			// A well-formed token of exactly the limit is fine.
+			if mode.name != "proxy token" {
+				res := ts.do(t, "POST", "/v0/events?name=ds&token="+long[:64], nil, []byte(`{"a":1}`))
+				if res.status != 202 {
+					t.Errorf("a 64-byte token: got %d %s; want 202", res.status, res.body)
+				}
+			}
+		})
+	}
+}

@@ -60,6 +60,9 @@ type Options struct {
 	// MaxConnections caps concurrent connections (default 10000) and
 	// MaxHeaderBytes a request's headers (default 16 KiB).
 	MaxConnections, MaxHeaderBytes int
+	// MaxTokenBytes caps a client token's length (default 4 KiB): a longer
+	// one is refused, like one with a byte outside printable ASCII.
+	MaxTokenBytes int
 	// Store, when set, takes accepted requests instead of the buffer: a
 	// durable spool that writes them down first and then puts them in the
 	// buffer. The buffer still answers for limits and readiness.
@@ -103,6 +106,9 @@ func (o *Options) setDefaults() {
 	if o.MaxHeaderBytes <= 0 {
 		o.MaxHeaderBytes = 16 << 10
 	}
+	if o.MaxTokenBytes <= 0 {
+		o.MaxTokenBytes = 4 << 10
+	}
 	if o.Gatherer == nil {
 		o.Gatherer = prometheus.NewRegistry()
 	}
@@ -124,6 +130,7 @@ type Server struct {
 	srv  *fasthttp.Server
 
 	tokens   [][]byte
+	badShape []byte // the 403 body for a token of the wrong shape
 	decoders decoders
 	lines    sync.Pool // of *[][]byte, reused per request
 	metricsH fasthttp.RequestHandler
@@ -161,6 +168,8 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 	if s.store == nil {
 		s.store = buf
 	}
+	s.badShape = errorBody("invalid token: a token is 1 to " + strconv.Itoa(opts.MaxTokenBytes) +
+		" printable ASCII characters without spaces")
 	for _, t := range opts.Tokens {
 		s.tokens = append(s.tokens, []byte(t))
 	}
