@@ -19,9 +19,9 @@ import (
 // seen is what the fake Tinybird API saw of one forwarded request.
 type seen struct {
 	method, host, path, query, auth string
-	header                    http.Header
-	bodyLen                   int
-	bodySum                   [32]byte
+	header                          http.Header
+	bodyLen                         int
+	bodySum                         [32]byte
 }
 
 // fakeAPI stands in for Tinybird's non-ingest API: it records each request
