@@ -66,6 +66,11 @@ type Config struct {
 	// decompression (MAX_BODY_BYTES, 10MiB).
 	MaxBodyBytes ByteSize `env:"MAX_BODY_BYTES" envDefault:"10MiB"`
 
+	// RequestMemoryBytes bounds the memory all requests hold at once for
+	// bodies being read, decoded and split into lines (REQUEST_MEMORY_BYTES,
+	// 128MiB); beyond it a request gets 503 with Retry-After.
+	RequestMemoryBytes ByteSize `env:"REQUEST_MEMORY_BYTES" envDefault:"128MiB"`
+
 	// UpstreamWait sends wait=true upstream, so Tinybird answers only once the
 	// rows are written (UPSTREAM_WAIT, true).
 	UpstreamWait bool `env:"UPSTREAM_WAIT" envDefault:"true"`
@@ -316,6 +321,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("ready_requires_upstream", c.ReadyRequiresUpstream),
 		slog.Int("max_datasources", c.MaxDatasources),
 		slog.Int("max_connections", c.MaxConnections),
+		slog.String("request_memory_bytes", c.RequestMemoryBytes.String()),
 		slog.String("max_header_bytes", c.MaxHeaderBytes.String()),
 		slog.String("max_token_bytes", c.MaxTokenBytes.String()),
 		slog.String("read_timeout", c.ReadTimeout.String()),

@@ -36,6 +36,12 @@ func (c Config) validate(failed map[string]bool) []error {
 		v.check(c.MaxBodyBytes <= c.BufferMaxBytes, "MAX_BODY_BYTES",
 			"%s must not exceed BUFFER_MAX_BYTES (%s), or a full request could never fit in the buffer", c.MaxBodyBytes, c.BufferMaxBytes)
 	}
+	if c.MaxBodyBytes > 0 && c.BufferSize >= 1 && v.ok("MAX_BODY_BYTES", "BUFFER_SIZE") {
+		need := requestMemoryNeed(int64(c.MaxBodyBytes), int64(c.BufferSize))
+		v.check(int64(c.RequestMemoryBytes) >= need, "REQUEST_MEMORY_BYTES",
+			"%s is less than one request of MAX_BODY_BYTES (%s) can hold while it is read and decoded (%s): such a request would always be refused",
+			c.RequestMemoryBytes, c.MaxBodyBytes, ByteSize(need))
+	}
 	v.check(c.UpstreamConcurrency >= 1 && c.UpstreamConcurrency <= 1024, "UPSTREAM_CONCURRENCY",
 		"must be between 1 and 1024, got %d", c.UpstreamConcurrency)
 	v.positive("UPSTREAM_TIMEOUT", c.UpstreamTimeout)
@@ -74,6 +80,16 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.positive("IDLE_TIMEOUT", c.IdleTimeout)
 	v.check(c.LogFormat == "json" || c.LogFormat == "text", "LOG_FORMAT", "must be json or text, got %q", c.LogFormat)
 	return v.errs
+}
+
+// requestMemoryNeed is the most memory one request can hold while it is read
+// and decoded, as the proxy counts it: the body as received and decoded
+// (each one byte over maxBody, to see that it is too large), and an index
+// of 24 bytes per line, for at most one line per byte and maxEvents+1 lines;
+// rounded up to a MiB.
+func requestMemoryNeed(maxBody, maxEvents int64) int64 {
+	n := 2*(maxBody+1) + 24*min(maxBody+1, maxEvents+1)
+	return (n + 1<<20 - 1) &^ (1<<20 - 1)
 }
 
 // tokenShape reports whether t looks like a token the proxy accepts from a

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/gzip"
@@ -14,26 +15,48 @@ var (
 	errTooLarge      = errors.New("decoded body too large")
 	errBadCompressed = errors.New("body could not be decompressed")
 	errUnsupportedCE = errors.New("unsupported content encoding")
+	errOverBudget    = errors.New("request memory budget exhausted")
 )
 
-// decoders pools gzip and zstd readers, and buffers for request bodies,
-// as read from the connection or decoded.
-// Safe for concurrent use; the zero value is ready.
+// decoders pools gzip readers, shares one zstd decoder, and pools buffers
+// for request bodies, as read from the connection or decoded. Safe for
+// concurrent use; build one with newDecoders.
 type decoders struct {
 	gzip   sync.Pool // of *gzip.Reader
-	zstd   sync.Pool // of *zstd.Decoder
+	zstd   *zstd.Decoder
 	bodies bodyPool
+	limit  int
 }
 
-// decode returns body decoded per its Content-Encoding, at most limit bytes.
-// The result may alias body (no encoding) or the pooled buffer bb (nil when
-// none was used); hand bb back to d.bodies when done with the result. A body that decodes to more than limit bytes gives
-// errTooLarge, without ever holding more than limit+1 bytes: a
-// decompression bomb costs a bounded read, not the process.
-func (d *decoders) decode(encoding, body []byte, limit int) (out []byte, bb *bodyBuf, err error) {
+// newDecoders returns decoders for bodies of at most limit bytes decoded.
+// zstd bodies are decoded whole (DecodeAll) into a buffer of limit+1 bytes,
+// with the window capped at that size too: the decoder keeps its history in
+// that buffer rather than in a ring of the window size a frame declares, so
+// a 1 KB frame declaring a 32 MiB window costs no more than the buffer.
+// It decodes at most GOMAXPROCS bodies at once; more wait their turn.
+func newDecoders(limit int) (*decoders, error) {
+	zr, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)),
+		zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxMemory(uint64(limit)+1),
+		zstd.WithDecoderMaxWindow(max(uint64(limit)+1, zstd.MinWindowSize)),
+		zstd.WithDecodeAllCapLimit(true))
+	if err != nil {
+		return nil, err
+	}
+	return &decoders{zstd: zr, limit: limit}, nil
+}
+
+// decode returns body decoded per its Content-Encoding, at most d.limit
+// bytes, charging what it holds to c. The result may alias body (no
+// encoding) or the pooled buffer bb (nil when none was used); hand bb back
+// to d.bodies when done with the result. A body that decodes to more than
+// the limit gives errTooLarge without ever holding more than limit+1
+// bytes: a decompression bomb costs a bounded read, not the process.
+func (d *decoders) decode(encoding, body []byte, c *charge) (out []byte, bb *bodyBuf, err error) {
 	switch {
 	case len(encoding) == 0 || bytes.EqualFold(encoding, []byte("identity")):
-		if len(body) > limit {
+		if len(body) > d.limit {
 			return nil, nil, errTooLarge
 		}
 		return body, nil, nil
@@ -46,39 +69,43 @@ func (d *decoders) decode(encoding, body []byte, limit int) (out []byte, bb *bod
 		if err := zr.Reset(bytes.NewReader(body)); err != nil {
 			return nil, nil, errBadCompressed
 		}
-		return d.readAll(zr, limit)
+		return d.readAll(zr, c)
 	case bytes.EqualFold(encoding, []byte("zstd")):
-		zr, _ := d.zstd.Get().(*zstd.Decoder)
-		if zr == nil {
-			var err error
-			// One goroutine per decoder: requests are decoded in parallel
-			// already. The window cap bounds memory for hostile frames.
-			zr, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(32<<20))
-			if err != nil {
-				return nil, nil, err
-			}
+		bb, ok := d.bodies.get(c)
+		if !ok || !grow(bb, d.limit+1, c) {
+			d.bodies.put(bb)
+			return nil, nil, errOverBudget
 		}
-		defer func() {
-			_ = zr.Reset(nil)
-			d.zstd.Put(zr)
-		}()
-		if err := zr.Reset(bytes.NewReader(body)); err != nil {
-			return nil, nil, errBadCompressed
+		out, err := d.zstd.DecodeAll(body, bb.B[:0])
+		switch {
+		case errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) ||
+			(err == nil && len(out) > d.limit):
+			err = errTooLarge
+		case err != nil:
+			err = errBadCompressed
 		}
-		return d.readAll(zr, limit)
+		if err != nil {
+			d.bodies.put(bb)
+			return nil, nil, err
+		}
+		bb.B = out
+		return out, bb, nil
 	}
 	return nil, nil, errUnsupportedCE
 }
 
-func (d *decoders) readAll(r io.Reader, limit int) ([]byte, *bodyBuf, error) {
-	bb, n, err := d.bodies.read(r, limit)
+func (d *decoders) readAll(r io.Reader, c *charge) ([]byte, *bodyBuf, error) {
+	bb, n, err := d.bodies.read(r, d.limit, c)
 	switch {
+	case errors.Is(err, errOverBudget):
 	case err != nil:
+		err = errBadCompressed
+	case n > int64(d.limit):
+		err = errTooLarge
+	}
+	if err != nil {
 		d.bodies.put(bb)
-		return nil, nil, errBadCompressed
-	case n > int64(limit):
-		d.bodies.put(bb)
-		return nil, nil, errTooLarge
+		return nil, nil, err
 	}
 	return bb.B, bb, nil
 }

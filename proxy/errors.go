@@ -16,9 +16,11 @@ const (
 	reasonBufferFull   = "buffer_full"   // 429: the buffer has no room now
 	reasonShuttingDown = "shutting_down" // 503: the buffer is closed
 	reasonStorage      = "storage_error" // 503: the spool could not write
+	reasonOverloaded   = "overloaded"    // 503: REQUEST_MEMORY_BYTES is spent on other requests
+	reasonReadTimeout  = "read_timeout"  // 408: the body did not arrive within READ_TIMEOUT
 )
 
-var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage}
+var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage, reasonOverloaded, reasonReadTimeout}
 
 // errorBody renders Tinybird's error shape, {"error":"<message>"}. Every
 // error the proxy sends is JSON: clients such as zod-bird call res.json() on
@@ -61,6 +63,11 @@ var (
 	bodyStorage             = errorBody("the proxy could not write the events to its spool (disk full or unwritable); nothing was stored, retry later")
 	bodyDeniedToken         = errorBody("invalid token: upstream refused it recently")
 	bodyWaitTimeout         = errorBody("timed out waiting for upstream to acknowledge the rows; they are still queued and will be delivered, so retrying this request may create duplicates")
+	bodyOverloaded          = errorBody("the proxy is holding too many request bodies in memory at once (REQUEST_MEMORY_BYTES); retry after the time in Retry-After")
+	bodyReadTimeout         = errorBody("the request did not arrive in time (READ_TIMEOUT); nothing was stored")
+	bodyMalformed           = errorBody("malformed HTTP request")
+	bodyHeadersTooLarge     = errorBody("request headers too large (MAX_HEADER_BYTES)")
+	bodyUnreadable          = errorBody("the request body could not be read (malformed chunked encoding or a connection error); nothing was stored")
 	bodyTooManyEvents       = errorBody("request holds more events or bytes than the proxy's whole buffer; split it into smaller requests")
 )
 

@@ -6,6 +6,9 @@ import (
 	"crypto/subtle"
 	"errors"
 	"log/slog"
+	"net"
+	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -41,52 +44,19 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		return
 	}
 
-	raw, rawBuf, ok := s.rawBody(ctx)
-	if !ok {
-		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(s.opts.MaxBodyBytes), 0)
-		ctx.SetConnectionClose() // the rest of the body is not read
-		return
-	}
-	defer s.decoders.bodies.put(rawBuf)
-	body, bodyBuf, err := s.decoders.decode(ctx.Request.Header.ContentEncoding(), raw, s.opts.MaxBodyBytes)
-	switch {
-	case errors.Is(err, errTooLarge):
-		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(s.opts.MaxBodyBytes), 0)
-		return
-	case errors.Is(err, errUnsupportedCE):
-		s.refuse(ctx, fasthttp.StatusUnsupportedMediaType, reasonBadRequest, bodyUnsupportedCE, 0)
-		return
-	case err != nil:
-		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyBadCompressed, 0)
-		return
-	}
-	defer s.decoders.bodies.put(bodyBuf)
-
-	// A body with more lines than the whole buffer holds can never be
-	// accepted: refuse it before building a slice of lines for it (a small
-	// gzip'd body of "{}" lines would otherwise cost ~100 MB of slice).
-	if bytes.Count(body, []byte{'\n'}) >= s.buf.Stats().MaxEvents+1 {
-		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooManyEvents, 0)
-		return
-	}
-	lp, _ := s.lines.Get().(*[][]byte)
-	if lp == nil {
-		lp = new([][]byte)
-	}
-	defer func() {
-		if cap(*lp) > maxPooledLines {
-			return // let a rare huge request's slice go instead of pinning it
+	var b body
+	defer s.release(&b) // also on every refusal; a stored request releases earlier
+	if r := s.readBody(ctx, &b); r != nil {
+		if r.status == fasthttp.StatusServiceUnavailable {
+			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		}
-		clear(*lp) // do not pin this request's body through the pool
-		*lp = (*lp)[:0]
-		s.lines.Put(lp)
-	}()
-	lines, lerr := splitLines((*lp)[:0], body)
-	*lp = lines
-	if lerr != nil {
-		s.refuse(ctx, fasthttp.StatusBadRequest, reasonInvalidBody, errorBody(lerr.Error()), 0)
+		s.refuse(ctx, r.status, r.reason, r.body, 0)
+		if r.unread {
+			ctx.SetConnectionClose() // the rest of the body was not read
+		}
 		return
 	}
+	lines := b.lines
 
 	ds, ok := s.names.intern(name)
 	if !ok {
@@ -135,6 +105,9 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	}
 
 	s.m.accepted.Add(float64(len(lines)))
+	// The buffer copied the lines: give the body's memory back now, not
+	// after a wait=true request has waited up to WAIT_TIMEOUT.
+	s.release(&b)
 	if w != nil {
 		s.await(ctx, w)
 		return
@@ -190,26 +163,148 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, reason string, bod
 	}
 }
 
-// rawBody returns the request body as received, at most MaxBodyBytes.
-// With StreamRequestBody (for passthrough uploads) fasthttp 1.78 hands every
-// body over as a stream, even one it has already read, so the body is read
-// from the stream into a pooled buffer (one memcpy, cheap next to
-// validation) up to the limit, and refused (false) beyond it. Request.Body()
-// would copy too, and log a warning per request. Hand the returned buffer
-// (nil if none was used) back to s.decoders.bodies when done with the body.
-func (s *Server) rawBody(ctx *fasthttp.RequestCtx) ([]byte, *bodyBuf, bool) {
+// body is one request's body as it was read, decoded and split into lines,
+// and the memory holding it, charged to the server's budget. It lives on
+// the handler's stack; release gives everything back.
+type body struct {
+	lines        [][]byte // alias raw or decoded
+	raw, decoded *bodyBuf // nil when not used
+	lp           *[][]byte
+	mem          charge
+}
+
+// refusal is how a request is refused: status, metric reason, JSON body,
+// and whether part of the body is left unread on the connection.
+type refusal struct {
+	status int
+	reason string
+	body   []byte
+	unread bool
+}
+
+// Refusals of a body, by cause. Over budget is a 503 with Retry-After: the
+// request is fine, the proxy is holding too many others at once.
+var (
+	refuseOverBudget   = &refusal{fasthttp.StatusServiceUnavailable, reasonOverloaded, bodyOverloaded, true}
+	refuseReadTimeout  = &refusal{fasthttp.StatusRequestTimeout, reasonReadTimeout, bodyReadTimeout, true}
+	refuseBadBody      = &refusal{fasthttp.StatusBadRequest, reasonBadRequest, bodyUnreadable, true}
+	refuseUnsupported  = &refusal{fasthttp.StatusUnsupportedMediaType, reasonBadRequest, bodyUnsupportedCE, false}
+	refuseBadEncoding  = &refusal{fasthttp.StatusBadRequest, reasonBadRequest, bodyBadCompressed, false}
+	refuseTooManyLines = &refusal{fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooManyEvents, false}
+)
+
+// readBody reads, decodes and splits the request's body into b, or says why
+// the request is refused. Everything it holds is charged to the budget as
+// it is allocated.
+func (s *Server) readBody(ctx *fasthttp.RequestCtx, b *body) *refusal {
+	b.mem.b = s.budget
+	raw, err := s.rawBody(ctx, b)
+	switch {
+	case errors.Is(err, errTooLarge):
+		return s.refuseTooLarge
+	case errors.Is(err, errOverBudget):
+		return refuseOverBudget
+	case isTimeout(err):
+		return refuseReadTimeout
+	case err != nil:
+		return refuseBadBody
+	}
+	decoded, bb, err := s.decoders.decode(ctx.Request.Header.ContentEncoding(), raw, &b.mem)
+	b.decoded = bb
+	switch {
+	case errors.Is(err, errTooLarge):
+		r := *s.refuseTooLarge
+		r.unread = false
+		return &r
+	case errors.Is(err, errOverBudget):
+		r := *refuseOverBudget
+		r.unread = false
+		return &r
+	case errors.Is(err, errUnsupportedCE):
+		return refuseUnsupported
+	case err != nil:
+		return refuseBadEncoding
+	}
+	// A body with more lines than the whole buffer holds can never be
+	// accepted: refuse it before building a slice of lines for it (a small
+	// gzip'd body of "{}" lines would otherwise cost ~100 MB of slice).
+	n := bytes.Count(decoded, []byte{'\n'}) + 1
+	if n > s.buf.Stats().MaxEvents+1 {
+		return refuseTooManyLines
+	}
+	b.lp, _ = s.lines.Get().(*[][]byte)
+	if b.lp == nil {
+		b.lp = new([][]byte)
+	}
+	if !b.mem.take(max(n, cap(*b.lp)) * sliceHeaderBytes) {
+		r := *refuseOverBudget
+		r.unread = false
+		return &r
+	}
+	lines, lerr := splitLines(slices.Grow((*b.lp)[:0], n), decoded)
+	*b.lp = lines
+	if lerr != nil {
+		return &refusal{fasthttp.StatusBadRequest, reasonInvalidBody, errorBody(lerr.Error()), false}
+	}
+	b.lines = lines
+	return nil
+}
+
+// sliceHeaderBytes is what one line costs in the index of a body's lines.
+const sliceHeaderBytes = 24
+
+// release gives back the memory b holds: its buffers and line index to the
+// pools, its charge to the budget. It is idempotent.
+func (s *Server) release(b *body) {
+	s.decoders.bodies.put(b.raw)
+	s.decoders.bodies.put(b.decoded)
+	b.raw, b.decoded = nil, nil
+	if lp := b.lp; lp != nil && cap(*lp) <= maxPooledLines { // let a rare huge slice go
+		clear(*lp) // do not pin this request's body through the pool
+		*lp = (*lp)[:0]
+		s.lines.Put(lp)
+	}
+	b.lp, b.lines = nil, nil
+	b.mem.release()
+}
+
+// rawBody returns the request body as received, at most MaxBodyBytes, or
+// errTooLarge beyond it (read no further), errOverBudget, or the error that
+// reading the connection gave. With StreamRequestBody (for passthrough
+// uploads) fasthttp 1.78 hands every body over as a stream, even one it has
+// already read, so the body is read from the stream into a pooled buffer
+// (one memcpy, cheap next to validation), charged to b's budget as it grows.
+// Request.Body() would copy too, and log a warning per request.
+func (s *Server) rawBody(ctx *fasthttp.RequestCtx, b *body) ([]byte, error) {
 	if !ctx.Request.IsBodyStream() {
-		return ctx.Request.Body(), nil, true
+		raw := ctx.Request.Body()
+		if !b.mem.take(len(raw)) {
+			return nil, errOverBudget
+		}
+		return raw, nil
 	}
 	if n := ctx.Request.Header.ContentLength(); n > s.opts.MaxBodyBytes {
-		return nil, nil, false
+		return nil, errTooLarge
 	}
-	bb, n, err := s.decoders.bodies.read(ctx.RequestBodyStream(), s.opts.MaxBodyBytes)
-	if err != nil || n > int64(s.opts.MaxBodyBytes) {
-		s.decoders.bodies.put(bb)
-		return nil, nil, false
+	bb, n, err := s.decoders.bodies.read(ctx.RequestBodyStream(), s.opts.MaxBodyBytes, &b.mem)
+	b.raw = bb
+	if err == nil && n > int64(s.opts.MaxBodyBytes) {
+		err = errTooLarge
 	}
-	return bb.B, bb, true
+	if err != nil {
+		return nil, err
+	}
+	return bb.B, nil
+}
+
+// isTimeout reports whether err is a read that ran out of time
+// (READ_TIMEOUT), not a malformed body.
+func isTimeout(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // requestToken returns the token from "Authorization: Bearer <t>", else

@@ -19,9 +19,10 @@ type metrics struct {
 	refusedEvents  *prometheus.CounterVec
 	eventsByStatus map[int]prometheus.Counter // pre-resolved hot-path children
 	waitTimeouts   prometheus.Counter
+	requestMemory  prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, budget *memBudget) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tbproxy_http_requests_total",
@@ -33,13 +34,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		refusedReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tbproxy_requests_refused_total",
-			Help: "Events API requests refused, by reason; nothing from them was stored.",
+			Help: "Events API requests refused, and requests that could not be read at all, by reason; nothing from them was stored.",
 		}, []string{"reason"}),
 		refusedEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tbproxy_events_refused_total",
 			Help: "Valid events refused with their request, by reason (buffer_full, too_large, shutting_down, storage_error).",
 		}, []string{"reason"}),
 		eventsByStatus: make(map[int]prometheus.Counter),
+		requestMemory: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tbproxy_request_memory_bytes",
+			Help: "Memory held by requests whose bodies are being read, decoded and split, against REQUEST_MEMORY_BYTES.",
+		}, func() float64 { return float64(budget.used.Load()) }),
 		waitTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tbproxy_wait_timeouts_total",
 			Help: "wait=true requests answered 503 because upstream had not acknowledged their rows within WAIT_TIMEOUT.",
@@ -54,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, code := range []int{200, 202, 400, 403, 405, 413, 415, 429, 503} {
 		m.eventsByStatus[code] = m.requests.WithLabelValues(handlerEvents, strconv.Itoa(code))
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.accepted, m.refusedReqs, m.refusedEvents, m.waitTimeouts} {
+	for _, c := range []prometheus.Collector{m.requests, m.accepted, m.refusedReqs, m.refusedEvents, m.waitTimeouts, m.requestMemory} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

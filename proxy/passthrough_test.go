@@ -276,7 +276,7 @@ func TestRequestID(t *testing.T) {
 func TestHeaderLimit(t *testing.T) {
 	ts := startServer(t, Options{MaxHeaderBytes: 1024}, buffer.Options{})
 	res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"X-Padding": strings.Repeat("x", 4096)}, []byte(`{}`))
-	if res.status != 431 || res.body != `{"error":"request headers too large"}` {
+	if res.status != 431 || res.body != `{"error":"request headers too large (MAX_HEADER_BYTES)"}` {
 		t.Errorf("got %d %s; want a JSON 431", res.status, res.body)
 	}
 	if res := ts.do(t, "POST", "/v0/events?name=ds", nil, []byte(`{}`)); res.status != 202 {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
 )
 
@@ -199,5 +200,41 @@ func TestTokensOfTheWrongShapeAreRefused(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBodyReadErrors: a body that cannot be read is not "too large": a
+// malformed chunked body gets 400 and a stalled upload 408, each as JSON
+// with its own reason, and nothing is stored.
+func TestBodyReadErrors(t *testing.T) {
+	ts := startServer(t, Options{ReadTimeout: 500 * time.Millisecond}, buffer.Options{})
+	addr := strings.TrimPrefix(ts.url, "http://")
+	res := rawRequest(t, addr, "POST /v0/events?name=ds HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"8\r\n{\"a\":1}\n\r\nzz\r\nnot a chunk\r\n0\r\n\r\n")
+	if res.status != 400 || !strings.Contains(res.body, "could not be read") {
+		t.Errorf("malformed chunked body: got %d %s; want 400 saying the body could not be read", res.status, res.body)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /v0/events?name=ds HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"+strings.Repeat(`{"a":1}`+"\n", 100))
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	if r.StatusCode != 408 || !strings.Contains(string(b), "READ_TIMEOUT") {
+		t.Errorf("stalled upload: got %d %s; want 408 naming READ_TIMEOUT", r.StatusCode, b)
+	}
+	if data, _ := ts.stored(); data != "" {
+		t.Errorf("stored %q", data)
+	}
+	for reason, want := range map[string]float64{reasonBadRequest: 1, reasonReadTimeout: 1, reasonTooLarge: 0} {
+		if got := testutil.ToFloat64(ts.srv.m.refusedReqs.WithLabelValues(reason)); got != want {
+			t.Errorf("refused{reason=%s} = %v; want %v", reason, got, want)
+		}
 	}
 }

@@ -25,6 +25,11 @@ import (
 type Options struct {
 	// MaxBodyBytes bounds a request body, after decompression (default 10 MiB).
 	MaxBodyBytes int
+	// RequestMemoryBytes bounds the memory all requests hold at once for
+	// bodies being read, decoded and split (default 128 MiB); a request
+	// finding it spent gets 503 with Retry-After. It must leave room for one
+	// request of MaxBodyBytes (config checks REQUEST_MEMORY_BYTES).
+	RequestMemoryBytes int
 	// PassThrough sends each client's own token upstream: a request without
 	// a token is refused, and events are keyed by (token, datasource).
 	// Otherwise the flusher uses its own token and Tokens guards the proxy.
@@ -79,6 +84,9 @@ func (o *Options) setDefaults() {
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 10 << 20
 	}
+	if o.RequestMemoryBytes <= 0 {
+		o.RequestMemoryBytes = 128 << 20
+	}
 	if o.HighWatermark <= 0 || o.HighWatermark > 1 {
 		o.HighWatermark = 0.9
 	}
@@ -130,14 +138,17 @@ type Server struct {
 	srv  *fasthttp.Server
 
 	tokens   [][]byte
-	badShape []byte // the 403 body for a token of the wrong shape
-	decoders decoders
-	lines    sync.Pool // of *[][]byte, reused per request
-	metricsH fasthttp.RequestHandler
-	names    names
-	pass     *passthrough // nil: other paths get 404
-	store    Store
-	cors     cors
+	budget   *memBudget // RequestMemoryBytes
+	decoders *decoders
+	// refuseTooLarge names MaxBodyBytes in its body.
+	refuseTooLarge *refusal
+	badShape       []byte    // the 403 body for a token of the wrong shape
+	lines          sync.Pool // of *[][]byte, reused per request
+	metricsH       fasthttp.RequestHandler
+	names          names
+	pass           *passthrough // nil: other paths get 404
+	store          Store
+	cors           cors
 
 	draining atomic.Bool
 }
@@ -146,7 +157,8 @@ type Server struct {
 // registered on reg; an error means one was already registered.
 func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
 	opts.setDefaults()
-	m, err := newMetrics(reg)
+	budget := &memBudget{max: int64(opts.RequestMemoryBytes)}
+	m, err := newMetrics(reg, budget)
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +168,7 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 	}
 	s := &Server{
 		buf:      buf,
+		budget:   budget,
 		opts:     opts,
 		log:      log,
 		m:        m,
@@ -170,6 +183,10 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 	}
 	s.badShape = errorBody("invalid token: a token is 1 to " + strconv.Itoa(opts.MaxTokenBytes) +
 		" printable ASCII characters without spaces")
+	if s.decoders, err = newDecoders(opts.MaxBodyBytes); err != nil {
+		return nil, err
+	}
+	s.refuseTooLarge = &refusal{fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(opts.MaxBodyBytes), true}
 	for _, t := range opts.Tokens {
 		s.tokens = append(s.tokens, []byte(t))
 	}
@@ -314,21 +331,22 @@ func (s *Server) onlyGet(ctx *fasthttp.RequestCtx, h fasthttp.RequestHandler) {
 }
 
 // readError answers requests fasthttp could not read, in JSON like every
-// other error: a body over MaxBodyBytes, oversized headers, a timeout.
+// other error: a body over MaxBodyBytes, oversized headers, a timeout. Each
+// is counted with its reason: fasthttp has reset the request by now, so
+// whether it was for /v0/events is not known.
 func (s *Server) readError(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
-	var netErr *net.OpError
+	r := &refusal{fasthttp.StatusBadRequest, reasonBadRequest, bodyMalformed, true}
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		s.m.refused(reasonTooLarge, 0)
-		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge(s.opts.MaxBodyBytes))
+		r = s.refuseTooLarge
 	case errors.As(err, &small):
-		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, errorBody("request headers too large"))
-	case errors.As(err, &netErr) && netErr.Timeout():
-		writeError(ctx, fasthttp.StatusRequestTimeout, errorBody("request timeout"))
-	default:
-		writeError(ctx, fasthttp.StatusBadRequest, errorBody("malformed HTTP request"))
+		r = &refusal{fasthttp.StatusRequestHeaderFieldsTooLarge, reasonBadRequest, bodyHeadersTooLarge, true}
+	case isTimeout(err):
+		r = refuseReadTimeout
 	}
+	s.m.refused(r.reason, 0)
+	writeError(ctx, r.status, r.body)
 }
 
 // names interns datasource names, so a request for a known datasource
