@@ -9,18 +9,19 @@ import (
 
 // Refusal reasons, the values of tbproxy_requests_refused_total{reason}.
 const (
-	reasonBadRequest   = "bad_request"   // no or invalid name, unsupported encoding
-	reasonUnauthorized = "unauthorized"  // no or unknown token
-	reasonInvalidBody  = "invalid_json"  // a line that is not a JSON object
-	reasonTooLarge     = "too_large"     // body or request larger than allowed
-	reasonBufferFull   = "buffer_full"   // 429: the buffer has no room now
-	reasonShuttingDown = "shutting_down" // 503: the buffer is closed
-	reasonStorage      = "storage_error" // 503: the spool could not write
-	reasonOverloaded   = "overloaded"    // 503: REQUEST_MEMORY_BYTES is spent on other requests
-	reasonReadTimeout  = "read_timeout"  // 408: the body did not arrive within READ_TIMEOUT
+	reasonBadRequest   = "bad_request"     // no or invalid name, unsupported encoding
+	reasonUnauthorized = "unauthorized"    // no or unknown token
+	reasonInvalidBody  = "invalid_json"    // a line that is not a JSON object
+	reasonTooLarge     = "too_large"       // body or request larger than allowed
+	reasonBufferFull   = "buffer_full"     // 429: the buffer has no room now
+	reasonShuttingDown = "shutting_down"   // 503: the buffer is closed
+	reasonStorage      = "storage_error"   // 503: the spool could not write
+	reasonOverloaded   = "overloaded"      // 503: REQUEST_MEMORY_BYTES is spent on other requests
+	reasonReadTimeout  = "read_timeout"    // 408: the body did not arrive within READ_TIMEOUT
+	reasonMaxConns     = "max_connections" // 503: a connection over MAX_CONNECTIONS
 )
 
-var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage, reasonOverloaded, reasonReadTimeout}
+var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage, reasonOverloaded, reasonReadTimeout, reasonMaxConns}
 
 // errorBody renders Tinybird's error shape, {"error":"<message>"}. Every
 // error the proxy sends is JSON: clients such as zod-bird call res.json() on

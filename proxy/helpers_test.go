@@ -25,13 +25,19 @@ type testServer struct {
 
 func startServer(t *testing.T, opts Options, bopts buffer.Options) *testServer {
 	t.Helper()
+	return startServerLogging(t, opts, bopts, slog.New(slog.DiscardHandler))
+}
+
+// startServerLogging is startServer with the server's log going to log.
+func startServerLogging(t *testing.T, opts Options, bopts buffer.Options, log *slog.Logger) *testServer {
+	t.Helper()
 	if bopts.MaxEvents == 0 {
 		bopts = buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20}
 	}
 	buf := buffer.New(bopts)
 	reg := prometheus.NewRegistry()
 	opts.Gatherer = reg
-	srv, err := New(buf, opts, reg, slog.New(slog.DiscardHandler))
+	srv, err := New(buf, opts, reg, log)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -237,4 +240,111 @@ func TestBodyReadErrors(t *testing.T) {
 			t.Errorf("refused{reason=%s} = %v; want %v", reason, got, want)
 		}
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines to log to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestNoTokenInLogs sends requests that fail in every way a client can make
+// them fail, each carrying a token in its header and its query, with the
+// log at debug level: no token appears in any line.
+func TestNoTokenInLogs(t *testing.T) {
+	const (
+		header = "hdr-SECRET-1234567890"
+		query  = "qry-SECRET-0987654321"
+	)
+	var logs syncBuffer
+	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	down, _ := net.Listen("tcp", "127.0.0.1:0")
+	downURL := "http://" + down.Addr().String()
+	down.Close() // nothing listens: the passthrough fails
+	ts := startServerLogging(t, Options{PassThrough: true, ReadTimeout: 300 * time.Millisecond, MaxHeaderBytes: 2048,
+		Passthrough: PassthroughOptions{BaseURL: downURL, Timeout: time.Second}}, buffer.Options{}, log)
+	addr := strings.TrimPrefix(ts.url, "http://")
+	auth := "Connection: close\r\nAuthorization: Bearer " + header + "\r\n"
+	for _, raw := range []string{
+		"POST /v0/events?name=ds&token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: 3\r\n\r\n{x}",
+		"POST /v0/events?name=9bad&token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: 2\r\n\r\n{}",
+		"POST /v0/events?name=ds&token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+		"POST /v0/events?name=ds&token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: 5\r\nContent-Length: 6\r\n\r\n{}",
+		"POST /v0/events?name=ds&token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "X-Pad: " + strings.Repeat("p", 4000) + "\r\n\r\n",
+		"GET /v0/pipes/p.json?token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n",
+		"GET /v0/pipes/p.json?token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "Bad Header Line\r\n\r\n",
+		"GET http://other/x?token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n",
+		"POST /v0/events?name=ds&token=" + query + " HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: 100\r\n\r\n{}", // stalls
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, raw)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.ReadAll(c) // until the server closes (or the read times out)
+		c.Close()
+	}
+	// A slowloris: headers that never end.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /v0/events?name=ds&token="+query+" HTTP/1.1\r\nHost: x\r\n"+auth)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.ReadAll(c)
+	c.Close()
+	out := logs.String()
+	if !strings.Contains(out, "DEBUG") {
+		t.Fatalf("no debug lines were logged: %q", out)
+	}
+	for _, secret := range []string{header, query} {
+		if strings.Contains(out, secret) {
+			t.Errorf("a token reached the log:\n%s", out)
+		}
+	}
+}
+
+// TestMaxConnectionsAnswersJSON: a connection over MaxConnections gets a
+// JSON 503 with Retry-After, and once one closes a new one is served.
+func TestMaxConnectionsAnswersJSON(t *testing.T) {
+	ts := startServer(t, Options{MaxConnections: 2}, buffer.Options{})
+	addr := strings.TrimPrefix(ts.url, "http://")
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n") // keep-alive: stays open
+		if res, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || res.StatusCode != 200 {
+			t.Fatalf("held connection: %v %v", res, err)
+		}
+		held = append(held, c)
+	}
+	res := rawRequest(t, addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+	if res.status != 503 || res.header.Get("Retry-After") != "1" || res.header.Get("Content-Type") != "application/json" ||
+		!strings.Contains(res.body, "MAX_CONNECTIONS") {
+		t.Fatalf("over the cap: got %d %v %s; want a JSON 503 with Retry-After naming MAX_CONNECTIONS", res.status, res.header, res.body)
+	}
+	if got := testutil.ToFloat64(ts.srv.m.refusedReqs.WithLabelValues(reasonMaxConns)); got != 1 {
+		t.Errorf("refused{reason=max_connections} = %v; want 1", got)
+	}
+	held[0].Close()
+	waitFor(t, "a connection to be served again", func() bool {
+		return rawRequest(t, addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status == 200
+	})
 }

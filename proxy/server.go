@@ -200,19 +200,27 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 		MaxRequestBodySize: opts.MaxBodyBytes,
 		// Larger bodies (datasource uploads passed through) are streamed to
 		// the handler instead of refused; /v0/events bounds its own read.
-		StreamRequestBody:    true,
-		Concurrency:          opts.MaxConnections,
+		StreamRequestBody: true,
+		// Serve's listener caps connections at MaxConnections with a JSON
+		// answer; fasthttp's own cap, text/plain, sits above it for the
+		// moment between a connection's close and its worker's release.
+		Concurrency:          2 * opts.MaxConnections,
 		ReadBufferSize:       opts.MaxHeaderBytes,
 		NoDefaultContentType: true,
 		CloseOnShutdown:      true,
-		Logger:               fasthttpLogger{log},
+		// fasthttp's "error when serving connection" would otherwise quote
+		// the raw request, Authorization and ?token= included.
+		SecureErrorLogMessage: true,
+		Logger:                fasthttpLogger{log},
 	}
 	return s, nil
 }
 
-// Serve accepts connections on ln until Shutdown. It blocks.
+// Serve accepts connections on ln until Shutdown, at most MaxConnections
+// at once. It blocks.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(ln)
+	return s.srv.Serve(&limitListener{Listener: ln, max: int64(s.opts.MaxConnections),
+		refused: func() { s.m.refused(reasonMaxConns, 0) }})
 }
 
 // Drain turns /ready to 503 so load balancers stop sending traffic. Writes
