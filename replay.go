@@ -39,6 +39,13 @@ func replay(args []string) int {
 	if *ds == "" {
 		*ds = strings.TrimSuffix(filepath.Base(file), ".ndjson")
 	}
+	if !buffer.ValidDatasource(*ds) {
+		// A name over 242 bytes is stored shortened, with a '-' and a hash:
+		// the whole name is in the .errors.jsonl records beside the file.
+		fmt.Fprintf(os.Stderr, "tbproxy replay: %q is not a datasource name (letters, digits and underscores, at most 255); "+
+			"name it with -datasource (a shortened file's records in .errors.jsonl hold the whole name)\n", *ds)
+		return 2
+	}
 	environ := env.ToMap(os.Environ())
 	if _, ok := environ["ALLOW_UNAUTHENTICATED"]; !ok {
 		environ["ALLOW_UNAUTHENTICATED"] = "true" // replay serves no clients

@@ -49,7 +49,8 @@ func newDeadLetters(dir string) (*deadLetters, error) {
 func (d *deadLetters) write(b *Batch, f *buffer.Failure, now time.Time) (string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	rowsPath := filepath.Join(d.dir, b.Key.Datasource+".ndjson")
+	stem := fileStem(b.Key.Datasource)
+	rowsPath := filepath.Join(d.dir, stem+".ndjson")
 	offset, err := appendTo(rowsPath, func(w io.Writer) error {
 		_, err := b.WriteTo(w)
 		return err
@@ -64,7 +65,7 @@ func (d *deadLetters) write(b *Batch, f *buffer.Failure, now time.Time) (string,
 	if err != nil {
 		return "", err
 	}
-	metaPath := filepath.Join(d.dir, b.Key.Datasource+".errors.jsonl")
+	metaPath := filepath.Join(d.dir, stem+".errors.jsonl")
 	if _, err := appendTo(metaPath, func(w io.Writer) error {
 		_, err := w.Write(append(rec, '\n'))
 		return err

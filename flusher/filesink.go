@@ -2,11 +2,13 @@ package flusher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 )
 
 // FileSink appends each batch to <dir>/<datasource>.ndjson. It lets a
@@ -25,18 +27,35 @@ func NewFileSink(dir string) (*FileSink, error) {
 	return &FileSink{dir: dir}, nil
 }
 
-// Send appends b to its datasource's file and syncs it. Datasource names are
-// validated by the proxy (letters, digits, underscore), so they are safe file
-// names. A write error is retried: a full disk may get room again.
+// Send appends b to its datasource's file (see fileStem) and syncs it. A
+// write error is retried, since a full disk may get room again, unless it
+// can never succeed (permanent): then the batch is dropped, dead-lettered
+// and counted, rather than retried forever while its datasource stalls.
 func (s *FileSink) Send(_ context.Context, b *Batch) (Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	path := filepath.Join(s.dir, b.Key.Datasource+".ndjson")
+	path := filepath.Join(s.dir, fileStem(b.Key.Datasource)+".ndjson")
 	if _, err := appendTo(path, func(w io.Writer) error {
 		_, err := b.WriteTo(w)
 		return err
 	}); err != nil {
-		return Result{}, &RetryableError{Err: fmt.Errorf("append %d events to %s: %w", b.Rows, path, err)}
+		err = fmt.Errorf("append %d events to %s: %w", b.Rows, path, err)
+		if permanent(err) {
+			return Result{}, err
+		}
+		return Result{}, &RetryableError{Err: err}
 	}
 	return Result{SuccessfulRows: b.Rows}, nil
+}
+
+// permanent reports whether a file-system error is one no retry can mend:
+// the path itself is wrong (too long, a directory, not a directory, a loop
+// of links, invalid).
+func permanent(err error) bool {
+	for _, e := range []error{syscall.ENAMETOOLONG, syscall.EISDIR, syscall.ENOTDIR, syscall.ELOOP, syscall.EINVAL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

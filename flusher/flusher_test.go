@@ -1,6 +1,7 @@
 package flusher
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	json "github.com/goccy/go-json"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
@@ -398,5 +400,102 @@ func TestFileSink(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(h.f.m.upstreamRequests.WithLabelValues("ok")); got != 2 {
 		t.Errorf(`tbproxy_upstream_requests_total{code="ok"}: got %v; want 2`, got)
+	}
+}
+
+// TestFileNamesAtAnyLength: every valid datasource name, up to 255 bytes,
+// gets files the file system accepts, in the file sink and the dead-letter
+// directory alike; a name too long for every suffix is shortened with a
+// hash, and the dead letter's record keeps the whole name.
+func TestFileNamesAtAnyLength(t *testing.T) {
+	fits := strings.Repeat("f", maxStem)
+	long := strings.Repeat("l", 255)
+	longer := strings.Repeat("l", 254) + "m" // differs only past the kept prefix
+	dir := filepath.Join(t.TempDir(), "events")
+	sink, err := NewFileSink(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startFlusher(t, sink, Options{FlushInterval: time.Hour})
+	for _, ds := range []string{fits, long, longer} {
+		h.put(t, buffer.Key{Datasource: ds}, event(len(ds)))
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatalf("the file sink did not deliver: %v", err)
+	}
+	for _, ds := range []string{fits, long, longer} {
+		got, err := os.ReadFile(filepath.Join(dir, fileStem(ds)+".ndjson"))
+		if err != nil || string(got) != event(len(ds))+"\n" {
+			t.Errorf("datasource of %d bytes: got %q, %v", len(ds), got, err)
+		}
+	}
+	if fileStem(fits) != fits || fileStem(long) == fileStem(longer) || len(fileStem(long)) > maxStem {
+		t.Errorf("stems: %d bytes kept whole: %v; long ones differ: %v", len(fits), fileStem(fits) == fits, fileStem(long) != fileStem(longer))
+	}
+
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.SetFault(fakebird.Always(fakebird.Response{Status: 400, Body: `{"error":"no"}`}))
+	dead := t.TempDir()
+	h = startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DeadLetterDir: dead})
+	h.put(t, buffer.Key{Datasource: long}, event(1))
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(h.f.m.deadLettered); got != 1 {
+		t.Fatalf("dead-lettered %v rows of a 255-byte datasource; want 1", got)
+	}
+	meta, err := os.ReadFile(filepath.Join(dead, fileStem(long)+".errors.jsonl"))
+	var rec DeadLetter
+	if err != nil || json.Unmarshal(bytes.TrimSpace(meta), &rec) != nil || rec.Datasource != long || rec.File != fileStem(long)+".ndjson" {
+		t.Errorf("record %q (%v); want the whole name and the shortened file", meta, err)
+	}
+}
+
+// TestFileStemNeverLeavesTheDirectory: whatever bytes a name holds (it
+// should never be invalid, but a forged record could carry one), its stem
+// is a plain file name.
+func TestFileStemNeverLeavesTheDirectory(t *testing.T) {
+	for _, ds := range []string{"../../../../tmp/x", "/etc/passwd", "a/b", ".", "..", "", "x\x00y", strings.Repeat("é", 200)} {
+		s := fileStem(ds)
+		if s == "" || strings.ContainsAny(s, "/.\x00") || len(s) > maxStem || s != filepath.Base(s) {
+			t.Errorf("fileStem(%q) = %q", ds, s)
+		}
+	}
+}
+
+// TestFileSinkPermanentErrorIsDropped: a write that can never succeed (the
+// datasource's file is a directory) drops the batch with a reason and tells
+// its waiter, instead of retrying forever while the buffer fills.
+func TestFileSinkPermanentErrorIsDropped(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "blocked.ndjson"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sink, err := NewFileSink(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startFlusher(t, sink, Options{FlushInterval: 10 * time.Millisecond})
+	w := buffer.NewWaiter()
+	if err := h.buf.PutWaiting(buffer.Key{Datasource: "blocked"}, [][]byte{[]byte(event(1))}, w); err != nil {
+		t.Fatal(err)
+	}
+	h.put(t, buffer.Key{Datasource: "fine"}, event(2))
+	select {
+	case <-w.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter was never told: the batch is being retried")
+	}
+	if _, _, f := w.Result(); f == nil || !strings.Contains(f.Message, "is a directory") {
+		t.Errorf("waiter got failure %+v; want the write's error", f)
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonUpstreamRejected)); got != 1 {
+		t.Errorf("dropped{reason=upstream_rejected} = %v; want 1", got)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "fine.ndjson")); string(got) != event(2)+"\n" {
+		t.Errorf("fine.ndjson = %q", got)
 	}
 }

@@ -34,7 +34,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyMissingName, 0)
 		return
 	}
-	if !validName(name) {
+	if !buffer.ValidDatasource(name) {
 		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyBadName, 0)
 		return
 	}
@@ -356,18 +356,4 @@ func (s *Server) checkToken(token []byte) []byte {
 // ASCII, with no spaces.
 func (s *Server) tokenShape(token []byte) bool {
 	return len(token) <= s.opts.MaxTokenBytes && printable(token)
-}
-
-// validName reports whether b is a datasource name Tinybird accepts:
-// letters, digits and underscores, not starting with a digit, 1-255 bytes.
-func validName(b []byte) bool {
-	if len(b) == 0 || len(b) > 255 || (b[0] >= '0' && b[0] <= '9') {
-		return false
-	}
-	for _, c := range b {
-		if !(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
-			return false
-		}
-	}
-	return true
 }

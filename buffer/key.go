@@ -1,0 +1,22 @@
+package buffer
+
+// MaxDatasourceLen is the longest datasource name Tinybird accepts.
+const MaxDatasourceLen = 255
+
+// ValidDatasource reports whether name is a datasource name Tinybird
+// accepts: 1 to 255 letters, digits and underscores, not starting with a
+// digit. Every name that reaches a Key, from a client, the spool, the queue
+// or a replayed file, is checked with it: a name becomes a URL parameter, a
+// table and a file name.
+func ValidDatasource[T ~string | ~[]byte](name T) bool {
+	if len(name) == 0 || len(name) > MaxDatasourceLen || (name[0] >= '0' && name[0] <= '9') {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+			return false
+		}
+	}
+	return true
+}
