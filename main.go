@@ -53,7 +53,8 @@ func run() int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	buf := buffer.New(buffer.Options{MaxEvents: cfg.BufferSize, MaxBytes: int(cfg.BufferMaxBytes)})
+	buf := buffer.New(buffer.Options{MaxEvents: cfg.BufferSize, MaxBytes: int(cfg.BufferMaxBytes),
+		MaxDatasources: cfg.MaxDatasources, MaxUnverifiedTokens: cfg.MaxUnverifiedTokens})
 	up, err := newUpstream(cfg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)

@@ -60,8 +60,8 @@ func TestHeldEntriesSurviveReuse(t *testing.T) {
 		for _, e := range held[:n] {
 			check(e)
 			cut := bytes.IndexByte(e.Data, '\n') + 1 // release in two pieces
-			b.Release(1, e.Data[:cut])
-			b.Release(1, e.Data[cut:])
+			b.Release(e.Key, 1, e.Data[:cut])
+			b.Release(e.Key, 1, e.Data[cut:])
 		}
 		held = append(held[:0], held[n:]...)
 	}
@@ -81,7 +81,7 @@ func TestHeldEntriesSurviveReuse(t *testing.T) {
 				continue
 			}
 			check(e)
-			b.Release(e.Rows, e.Data)
+			b.Release(e.Key, e.Rows, e.Data)
 			if len(held) > 200 {
 				releaseSome(len(held) / 2)
 			}
@@ -114,7 +114,7 @@ func TestBurstMemoryIsGivenBack(t *testing.T) {
 				}
 			}
 			for _, e := range b.Take(nil) {
-				b.Release(e.Rows, e.Data)
+				b.Release(e.Key, e.Rows, e.Data)
 			}
 		}
 		cycle(3000) // ~30 MB
@@ -150,7 +150,7 @@ func TestSlabMemoryIsReused(t *testing.T) {
 		}
 		got = b.Take(got)
 		for _, e := range got {
-			b.Release(e.Rows, e.Data)
+			b.Release(e.Key, e.Rows, e.Data)
 		}
 	}
 	cycle()
@@ -190,7 +190,7 @@ func TestSlabMemoryIsBounded(t *testing.T) {
 				stuck = append(stuck, e)
 				continue
 			}
-			b.Release(e.Rows, e.Data)
+			b.Release(e.Key, e.Rows, e.Data)
 		}
 	}
 	if got := b.mem.slabBytes(); got > maxBytes {
@@ -217,7 +217,7 @@ func TestSmallBufferTakesNoSlab(t *testing.T) {
 	if n := b.mem.slabBytes(); n != 0 {
 		t.Errorf("a 64 KiB buffer holds %d bytes of slabs; want none", n)
 	}
-	b.Release(got[0].Rows, got[0].Data)
+	b.Release(got[0].Key, got[0].Rows, got[0].Data)
 	if s := b.Stats(); s.Events != 0 || s.Bytes != 0 {
 		t.Errorf("after Release: %+v; want empty", s)
 	}

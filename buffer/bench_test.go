@@ -33,7 +33,7 @@ func BenchmarkPut(b *testing.B) {
 					}
 					got = buf.Take(got)
 					for _, e := range got {
-						buf.Release(e.Rows, e.Data)
+						buf.Release(e.Key, e.Rows, e.Data)
 					}
 				}
 			}()

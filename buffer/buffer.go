@@ -58,12 +58,23 @@ type Entry struct {
 	Waiter *Waiter
 }
 
-// Options bound a Buffer. Both limits must be positive.
+// Options bound a Buffer. Both event and byte limits must be positive.
 type Options struct {
 	// MaxEvents is how many events may be held at once.
 	MaxEvents int
-	// MaxBytes is how many bytes of NDJSON may be held at once.
+	// MaxBytes is how many bytes may be held at once: the events' NDJSON,
+	// plus each distinct datasource name and client token held, once.
 	MaxBytes int
+	// MaxDatasources, when positive, caps the distinct datasources held at
+	// once; a Put for another gets ErrTooManyDatasources. A datasource
+	// stops counting when its last event is released.
+	MaxDatasources int
+	// MaxUnverifiedTokens, when positive, caps the distinct client tokens
+	// held at once that upstream has not accepted in the last VerifiedFor
+	// (see Verify); a Put for another gets ErrTooManyTokens. It keeps a
+	// flood of junk tokens, each its own upstream request, from queueing
+	// ahead of every real token's batches.
+	MaxUnverifiedTokens int
 }
 
 // Stats is a snapshot of a Buffer's accounting.
@@ -93,6 +104,7 @@ type Buffer struct {
 	queue                 []Entry // accepted, not yet taken
 	closed                bool
 	drain                 drainRate
+	keys                  keys
 
 	denied deny
 }
@@ -108,6 +120,7 @@ func New(opts Options) *Buffer {
 		maxBytes:  opts.MaxBytes,
 		ready:     make(chan struct{}, 1),
 		mem:       newArena(opts.MaxBytes),
+		keys:      newKeys(opts.MaxDatasources, opts.MaxUnverifiedTokens),
 	}
 	b.drain.start(time.Now())
 	return b
@@ -120,8 +133,9 @@ func New(opts Options) *Buffer {
 //
 // Put never blocks on the consumer. It returns ErrClosed after Close,
 // ErrDenied for a denied token, ErrTooLarge when the lines could never fit,
-// and ErrFull when they do not fit now. Put with no lines stores nothing and
-// returns nil.
+// and ErrFull when they do not fit now: ErrTooManyDatasources and
+// ErrTooManyTokens wrap it, for the limits on distinct keys. Put with no
+// lines stores nothing and returns nil.
 func (b *Buffer) Put(key Key, lines [][]byte) error { return b.PutWaiting(key, lines, nil) }
 
 // PutWaiting is Put for a request whose client waits for delivery: w is
@@ -156,23 +170,28 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 		data = append(data, l...)
 		data = append(data, '\n')
 	}
-	now := time.Now().UnixNano()
+	now := time.Now()
 
 	b.mu.Lock()
-	if b.closed || b.heldEvents+n > b.maxEvents || b.heldBytes+size > b.maxBytes {
-		closed := b.closed
+	extra, err := b.keys.admit(key, now)
+	switch {
+	case b.closed:
+		err = ErrClosed
+	case err != nil:
+	case b.heldEvents+n > b.maxEvents || b.heldBytes+size+extra > b.maxBytes:
+		err = ErrFull
+	}
+	if err != nil {
 		b.mu.Unlock()
 		b.mem.release([][]byte{data})
-		if closed {
-			return ErrClosed
-		}
-		return ErrFull
+		return err
 	}
+	key = b.keys.hold(key, n, now)
 	b.heldEvents += n
-	b.heldBytes += size
+	b.heldBytes += size + extra
 	b.events.Store(int64(b.heldEvents))
 	b.bytes.Store(int64(b.heldBytes))
-	b.queue = append(b.queue, Entry{Key: key, Data: data, Rows: n, Accepted: now, Waiter: w})
+	b.queue = append(b.queue, Entry{Key: key, Data: data, Rows: n, Accepted: now.UnixNano(), Waiter: w})
 	b.mu.Unlock()
 
 	b.kick()
@@ -194,20 +213,21 @@ func (b *Buffer) Take(dst []Entry) []Entry {
 	return out
 }
 
-// Release ends the accounting of events the consumer has delivered upstream
-// or dropped, and gives back the memory they were stored in. data holds the
-// events' lines: taken entries' Data, or runs of whole lines cut from them,
-// each released exactly once. After Release the consumer must not read data
-// again: the buffer reuses it for later requests. Release does not wait for
-// the consumer or for Put, only for short critical sections.
-// Releasing more than is held is a bug; the counters are clamped at zero so
-// one bug cannot wedge admission forever.
-func (b *Buffer) Release(events int, data ...[]byte) {
+// Release ends the accounting of events of key the consumer has delivered
+// upstream or dropped, and gives back the memory they were stored in. data
+// holds the events' lines: taken entries' Data, or runs of whole lines cut
+// from them, each released exactly once. After Release the consumer must
+// not read data again: the buffer reuses it for later requests. Release
+// does not wait for the consumer or for Put, only for short critical
+// sections. Releasing more than is held is a bug; the counters are clamped
+// at zero so one bug cannot wedge admission forever.
+func (b *Buffer) Release(key Key, events int, data ...[]byte) {
 	bytes := b.mem.release(data)
 	if events <= 0 && bytes <= 0 {
 		return
 	}
 	b.mu.Lock()
+	bytes += b.keys.release(key, events)
 	b.heldEvents = max(b.heldEvents-events, 0)
 	b.heldBytes = max(b.heldBytes-bytes, 0)
 	b.events.Store(int64(b.heldEvents))

@@ -37,15 +37,16 @@ func TestPutTakeRelease(t *testing.T) {
 	if e.Accepted == 0 {
 		t.Errorf("Accepted not set")
 	}
-	// Taken entries still count until released.
-	if s := b.Stats(); s.Events != 2 || s.Bytes != 16 {
-		t.Fatalf("after Take: got %d events %d bytes; want 2 and 16", s.Events, s.Bytes)
+	// Taken entries still count until released: their lines, and their
+	// key's datasource name and token once.
+	if s := b.Stats(); s.Events != 2 || s.Bytes != 16+len("t")+len("ds") {
+		t.Fatalf("after Take: got %d events %d bytes; want 2 and 19", s.Events, s.Bytes)
 	}
 	data := e.Data
 	if again := b.Take(got); len(again) != 0 {
 		t.Fatalf("second Take: got %d entries; want 0", len(again))
 	}
-	b.Release(2, data)
+	b.Release(k, 2, data)
 	if s := b.Stats(); s.Events != 0 || s.Bytes != 0 {
 		t.Fatalf("after Release: got %+v; want empty", s)
 	}
@@ -109,7 +110,7 @@ func TestClose(t *testing.T) {
 
 func TestReleaseClamps(t *testing.T) {
 	b := New(Options{MaxEvents: 10, MaxBytes: 100})
-	b.Release(5, make([]byte, 50))
+	b.Release(Key{Datasource: "ds"}, 5, make([]byte, 50))
 	if s := b.Stats(); s.Events != 0 || s.Bytes != 0 {
 		t.Fatalf("got %+v; want counters clamped at zero", s)
 	}
@@ -190,7 +191,7 @@ func TestConcurrentNeverExceeds(t *testing.T) {
 			got = b.Take(got)
 			for _, e := range got {
 				seen += e.Rows
-				b.Release(e.Rows, e.Data)
+				b.Release(e.Key, e.Rows, e.Data)
 			}
 		}
 	})

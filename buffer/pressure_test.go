@@ -28,7 +28,7 @@ func TestRetryAfterFollowsDrainRate(t *testing.T) {
 		for range 10 {
 			time.Sleep(time.Second)
 			for _, e := range held[:100] {
-				b.Release(e.Rows, e.Data)
+				b.Release(e.Key, e.Rows, e.Data)
 			}
 			held = append(held[100:], b.Take(nil)...)
 			fill(100)

@@ -175,9 +175,15 @@ type Config struct {
 	// are failing (READY_REQUIRES_UPSTREAM, false).
 	ReadyRequiresUpstream bool `env:"READY_REQUIRES_UPSTREAM" envDefault:"false"`
 
-	// MaxDatasources caps the distinct datasource names accepted since start
-	// (MAX_DATASOURCES, 1000).
+	// MaxDatasources caps the distinct datasource names held in the buffer
+	// at once (MAX_DATASOURCES, 1000); a name is forgotten when its last
+	// event is delivered or dropped.
 	MaxDatasources int `env:"MAX_DATASOURCES" envDefault:"1000"`
+
+	// MaxUnverifiedTokens caps, in pass-through mode, the distinct client
+	// tokens held at once that upstream has not accepted in the last ten
+	// minutes (MAX_UNVERIFIED_TOKENS, 32).
+	MaxUnverifiedTokens int `env:"MAX_UNVERIFIED_TOKENS" envDefault:"32"`
 
 	// MaxConnections caps concurrent client connections (MAX_CONNECTIONS,
 	// 10000).
@@ -320,6 +326,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Any("cors_allowed_origins", c.CORSAllowedOrigins),
 		slog.Bool("ready_requires_upstream", c.ReadyRequiresUpstream),
 		slog.Int("max_datasources", c.MaxDatasources),
+		slog.Int("max_unverified_tokens", c.MaxUnverifiedTokens),
 		slog.Int("max_connections", c.MaxConnections),
 		slog.String("request_memory_bytes", c.RequestMemoryBytes.String()),
 		slog.String("max_header_bytes", c.MaxHeaderBytes.String()),

@@ -95,6 +95,7 @@ func (f *Flusher) delivered(b *Batch, res Result, r *result, attempt int, took t
 			"sent", b.Rows, "successful_rows", res.SuccessfulRows, "quarantined_rows", res.QuarantinedRows,
 			"reason", reasonUpstreamShortAck)
 	}
+	f.buf.Verify(b.Key.Token) // a client's token upstream accepted
 	b.finishWaiters(res, nil)
 	r.release(b)
 	r.hold = max(r.hold, res.HoldFor)

@@ -359,7 +359,7 @@ func (f *Flusher) releaseSlot() {
 func (f *Flusher) finish(r result, now time.Time) time.Time {
 	f.m.inflight.Dec()
 	r.s.inflight = nil
-	f.buf.Release(r.relRows, r.relData...)
+	f.buf.Release(r.s.key, r.relRows, r.relData...)
 	f.leftover = append(f.leftover, r.leftover...)
 	var until time.Time
 	if r.hold > 0 {

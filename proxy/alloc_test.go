@@ -36,7 +36,7 @@ func TestAcceptPathAllocations(t *testing.T) {
 			}
 			taken = buf.Take(taken)
 			for _, e := range taken {
-				buf.Release(e.Rows, e.Data)
+				buf.Release(e.Key, e.Rows, e.Data)
 			}
 		}); n != 0 {
 			t.Errorf("Put, Take and Release with %d events: %v allocs per run; want 0", k, n)
@@ -73,7 +73,7 @@ func TestHandlerAllocations(t *testing.T) {
 			}
 			taken = buf.Take(taken)
 			for _, e := range taken {
-				buf.Release(e.Rows, e.Data)
+				buf.Release(e.Key, e.Rows, e.Data)
 			}
 		})
 		if n > 1 {

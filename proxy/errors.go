@@ -19,9 +19,10 @@ const (
 	reasonOverloaded   = "overloaded"      // 503: REQUEST_MEMORY_BYTES is spent on other requests
 	reasonReadTimeout  = "read_timeout"    // 408: the body did not arrive within READ_TIMEOUT
 	reasonMaxConns     = "max_connections" // 503: a connection over MAX_CONNECTIONS
+	reasonTooManyKeys  = "too_many_keys"   // 429: MAX_DATASOURCES or MAX_UNVERIFIED_TOKENS
 )
 
-var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage, reasonOverloaded, reasonReadTimeout, reasonMaxConns}
+var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage, reasonOverloaded, reasonReadTimeout, reasonMaxConns, reasonTooManyKeys}
 
 // errorBody renders Tinybird's error shape, {"error":"<message>"}. Every
 // error the proxy sends is JSON: clients such as zod-bird call res.json() on
@@ -60,7 +61,8 @@ var (
 	bodyUpstreamDown        = errorBody("upstream unreachable: the request was not forwarded to Tinybird")
 	bodyUpstreamTimeout     = errorBody("upstream did not answer in time")
 	bodyReadOnlyPassthrough = errorBody("this proxy accepts anyone (ALLOW_UNAUTHENTICATED), so it forwards only GET and HEAD requests to the rest of the API")
-	bodyTooManyNames        = errorBody("too many distinct datasources: the proxy's MAX_DATASOURCES limit was reached")
+	bodyTooManyNames        = errorBody("too many distinct datasources held at once (MAX_DATASOURCES); retry after the time in Retry-After")
+	bodyTooManyTokens       = errorBody("too many distinct tokens upstream has not accepted yet held at once (MAX_UNVERIFIED_TOKENS); retry after the time in Retry-After")
 	bodyStorage             = errorBody("the proxy could not write the events to its spool (disk full or unwritable); nothing was stored, retry later")
 	bodyDeniedToken         = errorBody("invalid token: upstream refused it recently")
 	bodyWaitTimeout         = errorBody("timed out waiting for upstream to acknowledge the rows; they are still queued and will be delivered, so retrying this request may create duplicates")

@@ -58,12 +58,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	}
 	lines := b.lines
 
-	ds, ok := s.names.intern(name)
-	if !ok {
-		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyTooManyNames, len(lines))
-		return
-	}
-	key := buffer.Key{Datasource: ds}
+	key := buffer.Key{Datasource: s.names.intern(name)}
 	if s.opts.PassThrough {
 		key.Token = string(token)
 	}
@@ -74,6 +69,15 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	}
 	switch err := s.store.PutWaiting(key, lines, w); {
 	case err == nil:
+	case errors.Is(err, buffer.ErrTooManyDatasources), errors.Is(err, buffer.ErrTooManyTokens):
+		body := bodyTooManyNames
+		if errors.Is(err, buffer.ErrTooManyTokens) {
+			body = bodyTooManyTokens
+		}
+		// They pass as soon as the flusher delivers what is held.
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonTooManyKeys, body, len(lines))
+		return
 	case errors.Is(err, buffer.ErrFull):
 		size := len(lines)
 		for _, l := range lines {

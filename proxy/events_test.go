@@ -283,7 +283,7 @@ func TestHealthAndReady(t *testing.T) {
 		t.Errorf("/ready at the high-water mark: got %d %s; want 503", res.status, res.body)
 	}
 	for _, e := range ts.buf.Take(nil) {
-		ts.buf.Release(e.Rows, e.Data)
+		ts.buf.Release(e.Key, e.Rows, e.Data)
 	}
 	ts.srv.Drain()
 	if res := ts.do(t, "GET", "/ready", nil, nil); res.status != 503 || res.body != `{"status":"draining"}` {

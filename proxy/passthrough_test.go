@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -233,16 +234,66 @@ func TestCORS(t *testing.T) {
 	}
 }
 
+// TestMaxDatasources: MAX_DATASOURCES caps the names held at once. Names
+// of requests that store nothing never count, a third name waits (429) while
+// two are held, and once one is delivered the third gets in: no lockout.
 func TestMaxDatasources(t *testing.T) {
-	ts := startServer(t, Options{MaxDatasources: 2}, buffer.Options{})
+	ts := startServer(t, Options{MaxDatasources: 2}, buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20, MaxDatasources: 2})
+	for i := range 50 { // empty bodies with junk names hold nothing
+		if res := ts.do(t, "POST", fmt.Sprintf("/v0/events?name=junk%d", i), nil, nil); res.status != 202 {
+			t.Fatalf("empty body: got %d; want 202", res.status)
+		}
+	}
 	for _, ds := range []string{"a", "b", "a", "b"} {
 		if res := ts.do(t, "POST", "/v0/events?name="+ds, nil, []byte(`{}`)); res.status != 202 {
 			t.Fatalf("%s: got %d; want 202", ds, res.status)
 		}
 	}
 	res := ts.do(t, "POST", "/v0/events?name=c", nil, []byte(`{}`))
-	if res.status != 400 || !strings.Contains(res.body, "MAX_DATASOURCES") {
-		t.Errorf("third datasource: got %d %s; want 400 naming MAX_DATASOURCES", res.status, res.body)
+	if res.status != 429 || res.header.Get("Retry-After") != "1" || !strings.Contains(res.body, "MAX_DATASOURCES") {
+		t.Errorf("third datasource: got %d %v %s; want 429 with Retry-After naming MAX_DATASOURCES", res.status, res.header, res.body)
+	}
+	for _, e := range ts.buf.Take(nil) { // the flusher delivers a's events
+		if e.Key.Datasource == "a" {
+			ts.buf.Release(e.Key, e.Rows, e.Data)
+		}
+	}
+	if res := ts.do(t, "POST", "/v0/events?name=c", nil, []byte(`{}`)); res.status != 202 {
+		t.Errorf("third datasource once a was delivered: got %d %s; want 202", res.status, res.body)
+	}
+}
+
+// TestMaxUnverifiedTokens: in pass-through mode, tokens upstream has not
+// accepted count against MAX_UNVERIFIED_TOKENS while held; one upstream
+// accepted is exempt, and a held token's own later requests always pass.
+func TestMaxUnverifiedTokens(t *testing.T) {
+	ts := startServer(t, Options{PassThrough: true}, buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20, MaxUnverifiedTokens: 2})
+	post := func(token string) response {
+		return ts.do(t, "POST", "/v0/events?name=ds&token="+token, nil, []byte(`{}`))
+	}
+	for _, tok := range []string{"t1", "t2", "t1"} {
+		if res := post(tok); res.status != 202 {
+			t.Fatalf("%s: got %d %s; want 202", tok, res.status, res.body)
+		}
+	}
+	if res := post("t3"); res.status != 429 || res.header.Get("Retry-After") != "1" || !strings.Contains(res.body, "MAX_UNVERIFIED_TOKENS") {
+		t.Fatalf("third unverified token: got %d %s; want 429 naming MAX_UNVERIFIED_TOKENS", res.status, res.body)
+	}
+	ts.buf.Verify("t1") // upstream accepted a batch of t1's
+	if res := post("t3"); res.status != 202 {
+		t.Fatalf("t3 once t1 is verified: got %d %s; want 202", res.status, res.body)
+	}
+	if res := post("t4"); res.status != 429 {
+		t.Fatalf("t4 with t2 and t3 unverified: got %d; want 429", res.status)
+	}
+	// Delivered and forgotten, t1 stays verified: it passes even at the cap.
+	for _, e := range ts.buf.Take(nil) {
+		if e.Key.Token == "t1" {
+			ts.buf.Release(e.Key, e.Rows, e.Data)
+		}
+	}
+	if res := post("t1"); res.status != 202 {
+		t.Errorf("verified t1 at the cap: got %d %s; want 202", res.status, res.body)
 	}
 }
 

@@ -59,8 +59,10 @@ type Options struct {
 	Passthrough PassthroughOptions
 	// CORSOrigins may call the API from a browser; "*" means any (default).
 	CORSOrigins []string
-	// MaxDatasources caps distinct datasource names since start (default
-	// 1000), so batch state cannot grow without bound; beyond it, 400.
+	// MaxDatasources bounds the table that interns datasource names, so a
+	// request for a known one allocates no string (default 1000). The
+	// buffer caps the names held at once; this table is only a cache,
+	// emptied when full.
 	MaxDatasources int
 	// MaxConnections caps concurrent connections (default 10000) and
 	// MaxHeaderBytes a request's headers (default 16 KiB).
@@ -358,34 +360,36 @@ func (s *Server) readError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // names interns datasource names, so a request for a known datasource
-// allocates no string for it, and caps how many there may be: names come
-// from clients, and each one costs batch state. Safe for concurrent use.
+// allocates no string for it. Names come from clients: the table holds at
+// most max of them and is emptied when full, so junk names cost a bounded
+// table, and real ones one allocation each after it empties. The limit on
+// names that matters, those held at once, is the buffer's. Safe for
+// concurrent use.
 type names struct {
 	mu  sync.RWMutex // protects m
 	m   map[string]string
 	max int
 }
 
-// intern returns the name as a string, or false if it is new and the table
-// is full.
-func (n *names) intern(b []byte) (string, bool) {
+// intern returns the name as a string.
+func (n *names) intern(b []byte) string {
 	n.mu.RLock()
 	s, ok := n.m[string(b)] // no allocation: the compiler special-cases this lookup
 	n.mu.RUnlock()
 	if ok {
-		return s, true
+		return s
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if s, ok := n.m[string(b)]; ok {
-		return s, true
+		return s
 	}
 	if len(n.m) >= n.max {
-		return "", false
+		clear(n.m)
 	}
 	s = string(b)
 	n.m[s] = s
-	return s, true
+	return s
 }
 
 // fasthttpLogger routes fasthttp's own messages to slog at debug level.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,7 +20,13 @@ import (
 // main wires them, so wait=true can be tested end to end.
 func startDelivering(t *testing.T, fb *fakebird.Server, opts Options, fopts flusher.Options) *testServer {
 	t.Helper()
-	ts := startServer(t, opts, buffer.Options{})
+	return startDeliveringBuffer(t, fb, opts, fopts, buffer.Options{})
+}
+
+// startDeliveringBuffer is startDelivering with a buffer of bopts.
+func startDeliveringBuffer(t *testing.T, fb *fakebird.Server, opts Options, fopts flusher.Options, bopts buffer.Options) *testServer {
+	t.Helper()
+	ts := startServer(t, opts, bopts)
 	up, err := flusher.NewTinybird(flusher.TinybirdOptions{BaseURL: fb.URL(), Token: "upstream", Wait: true, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -138,5 +146,56 @@ func TestDeniedTokenRefusedAtOnce(t *testing.T) {
 	}
 	if res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Authorization": "Bearer good"}, []byte(`{"a":1}`)); res.status != 202 {
 		t.Errorf("another token: got %d; want 202", res.status)
+	}
+}
+
+// TestJunkTokenFloodDoesNotStarveRealTokens: in pass-through mode, a flood
+// of requests with distinct junk tokens (each its own upstream request,
+// each answered 403 slowly) holds at most MAX_UNVERIFIED_TOKENS of them at
+// once; the rest get 429 at the door. A token upstream accepted before the
+// flood keeps being delivered: its wait=true request is answered 200, not
+// left behind thousands of junk batches.
+func TestJunkTokenFloodDoesNotStarveRealTokens(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{"good"}})
+	fb.SetFault(func(r *fakebird.Request) *fakebird.Response {
+		if r.Token != "good" {
+			return &fakebird.Response{Status: 403, Delay: 50 * time.Millisecond}
+		}
+		return nil
+	})
+	ts := startDeliveringBuffer(t, fb, Options{PassThrough: true, WaitTimeout: 5 * time.Second},
+		flusher.Options{Concurrency: 2, TokenDenyTTL: time.Minute},
+		buffer.Options{MaxEvents: 100_000, MaxBytes: 64 << 20, MaxUnverifiedTokens: 4})
+	if res := ts.do(t, "POST", "/v0/events?name=ds&wait=true&token=good", nil, []byte(`{"a":0}`)); res.status != 200 {
+		t.Fatalf("before the flood: got %d %s", res.status, res.body)
+	}
+	var wg sync.WaitGroup
+	var tooMany atomic.Int64
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 100 {
+				res := ts.do(t, "POST", fmt.Sprintf("/v0/events?name=ds&token=junk-%d-%d", w, i), nil, []byte(`{}`))
+				if res.status == 429 {
+					tooMany.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	res := ts.do(t, "POST", "/v0/events?name=ds&wait=true&token=good", nil, []byte(`{"a":1}`))
+	if res.status != 200 {
+		t.Fatalf("a verified token during the flood: got %d %s; want 200", res.status, res.body)
+	}
+	if tooMany.Load() == 0 {
+		t.Error("no junk token was refused at the door")
+	}
+	junk := 0
+	for _, r := range fb.Requests() {
+		if r.Token != "good" {
+			junk++
+		}
+	}
+	if junk > 800-int(tooMany.Load()) {
+		t.Errorf("upstream got %d junk requests for %d admitted", junk, 800-tooMany.Load())
 	}
 }

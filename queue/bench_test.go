@@ -95,7 +95,7 @@ func drain(buf *buffer.Buffer) func() {
 			}
 			taken = buf.Take(taken)
 			for _, e := range taken {
-				buf.Release(e.Rows, e.Data)
+				buf.Release(e.Key, e.Rows, e.Data)
 			}
 		}
 	})

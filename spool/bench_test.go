@@ -45,7 +45,7 @@ func BenchmarkPut(b *testing.B) {
 						for _, e := range got {
 							e.Waiter.AddPart()
 							e.Waiter.Finish(e.Rows, 0, nil)
-							buf.Release(e.Rows, e.Data)
+							buf.Release(e.Key, e.Rows, e.Data)
 						}
 					}
 				})

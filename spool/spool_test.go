@@ -44,7 +44,7 @@ func deliver(buf *buffer.Buffer, f *buffer.Failure) int {
 			e.Waiter.AddPart()
 			e.Waiter.Finish(e.Rows, 0, f)
 		}
-		buf.Release(e.Rows, e.Data)
+		buf.Release(e.Key, e.Rows, e.Data)
 		n += e.Rows
 	}
 	return n
@@ -86,7 +86,7 @@ func TestSurvivesRestart(t *testing.T) {
 			}
 			got[0].Waiter.AddPart()
 			got[0].Waiter.Finish(2, 0, nil)
-			buf2.Release(2, got[0].Data)
+			buf2.Release(got[0].Key, 2, got[0].Data)
 			if err := s2.Close(); err != nil {
 				t.Fatal(err)
 			}

@@ -1,0 +1,66 @@
+package buffer
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"unsafe"
+)
+
+// TestKeyBytesCount: each distinct datasource name and token held costs its
+// length once against MaxBytes, shared by every entry of that key, and is
+// given back when the key's last event is released.
+func TestKeyBytesCount(t *testing.T) {
+	b := New(Options{MaxEvents: 100, MaxBytes: 2000})
+	tok := strings.Repeat("t", 1000)
+	k := Key{Token: tok, Datasource: "ds"}
+	if err := b.Put(k, lines(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(Key{Token: strings.Clone(tok), Datasource: "ds"}, lines(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Stats().Bytes; got != 2*3+1000+2 {
+		t.Fatalf("two entries of one key: %d bytes held; want the lines and the key once (1008)", got)
+	}
+	// A second 1000-byte token does not fit beside the first: 1008+1003 > 2000.
+	if err := b.Put(Key{Token: strings.Repeat("u", 1000), Datasource: "ds"}, lines(`{}`)); !errors.Is(err, ErrFull) {
+		t.Fatalf("a second big token: got %v; want ErrFull", err)
+	}
+	got := b.Take(nil)
+	if unsafe.StringData(got[0].Key.Token) != unsafe.StringData(got[1].Key.Token) {
+		t.Error("two entries of one token hold two copies of it")
+	}
+	for _, e := range got {
+		b.Release(e.Key, e.Rows, e.Data)
+	}
+	if s := b.Stats(); s.Bytes != 0 || s.Events != 0 {
+		t.Fatalf("after releasing every entry: %+v; want nothing held", s)
+	}
+	if err := b.Put(Key{Token: strings.Repeat("u", 1000), Datasource: "ds"}, lines(`{}`)); err != nil {
+		t.Fatalf("the other token once the first was released: %v", err)
+	}
+}
+
+// TestMaxDatasourcesHeld: the cap counts names held now; a released name is
+// forgotten, and ErrTooManyDatasources wraps ErrFull so stores that wait for
+// room wait for it too.
+func TestMaxDatasourcesHeld(t *testing.T) {
+	b := New(Options{MaxEvents: 100, MaxBytes: 1000, MaxDatasources: 1})
+	if err := b.Put(Key{Datasource: "a"}, lines(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	err := b.Put(Key{Datasource: "b"}, lines(`{}`))
+	if !errors.Is(err, ErrTooManyDatasources) || !errors.Is(err, ErrFull) {
+		t.Fatalf("second name: got %v; want ErrTooManyDatasources, an ErrFull", err)
+	}
+	if err := b.Put(Key{Datasource: "a"}, lines(`{}`)); err != nil {
+		t.Fatalf("a held name: %v", err)
+	}
+	for _, e := range b.Take(nil) {
+		b.Release(e.Key, e.Rows, e.Data)
+	}
+	if err := b.Put(Key{Datasource: "b"}, lines(`{}`)); err != nil {
+		t.Fatalf("second name once the first is gone: %v", err)
+	}
+}
