@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -102,7 +103,7 @@ func run() int {
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "config", cfg)
 
-	sigCtx, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	sigCtx, stopSignals := handleSignals(log)
 	defer stopSignals()
 	// The flusher has its own context: it must keep shipping while the
 	// server drains, and only then drain the buffer itself.
@@ -121,8 +122,7 @@ func run() int {
 	status := 0
 	select {
 	case <-sigCtx.Done():
-		stopSignals() // a second signal now kills the process at once
-		log.Info("shutting down", "delay", cfg.ShutdownDelay.String(), "timeout", cfg.ShutdownTimeout.String())
+		log.Info("shutting down", "signal", context.Cause(sigCtx).Error(), "delay", cfg.ShutdownDelay.String(), "timeout", cfg.ShutdownTimeout.String())
 	case err := <-served:
 		log.Error("server failed", "err", err)
 		status = 1
@@ -242,6 +242,43 @@ func newUpstream(cfg config.Config, log *slog.Logger) (flusher.Upstream, error) 
 		MaxConns:  cfg.UpstreamConcurrency * 2,
 		UserAgent: "tbproxy",
 	})
+}
+
+// handleSignals returns a context that ends, with the signal as its cause,
+// on the first SIGTERM, SIGINT or SIGQUIT: each starts the graceful
+// shutdown (Go's default would exit at once, and for SIGQUIT dump stacks,
+// losing the buffer). Later ones are logged and ignored: the drain is
+// already bounded by SHUTDOWN_TIMEOUT, and SIGKILL remains for the
+// impatient. SIGHUP (sent by terminals and some supervisors), SIGUSR1 and
+// SIGUSR2 are logged and ignored: nothing is reloadable, and none of them
+// may end the process without a drain. stop undoes it all.
+func handleSignals(log *slog.Logger) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sigs:
+				switch {
+				case s == syscall.SIGHUP || s == syscall.SIGUSR1 || s == syscall.SIGUSR2:
+					log.Warn("signal ignored: nothing to reload; send SIGTERM to shut down", "signal", s.String())
+				case ctx.Err() != nil:
+					log.Warn("signal ignored: already shutting down, within SHUTDOWN_TIMEOUT", "signal", s.String())
+				default:
+					cancel(errors.New(s.String()))
+				}
+			}
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel(nil)
+	}
 }
 
 // newLogger logs to stderr; a warning repeated more than 5 times in 10s is

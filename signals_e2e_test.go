@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tbproxy/tbproxy/internal/fakebird"
+)
+
+// waitLog waits until the child's log holds substr, up to 10s.
+func (c *child) waitLog(substr string) {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(c.stderr.String(), substr) {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("no log line containing %q", substr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (c *child) signal(s os.Signal) {
+	c.t.Helper()
+	if err := c.cmd.Process.Signal(s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// TestE2ESignals sends every signal a supervisor or a terminal may send to
+// a proxy holding acknowledged events behind a slow upstream. SIGHUP,
+// SIGUSR1 and SIGUSR2 are logged and change nothing; SIGTERM, SIGINT and
+// SIGQUIT start the graceful drain, and a second SIGTERM during it does not
+// cut it short: the process exits 0 with every acknowledged event upstream.
+// (SIGHUP used to kill the process at once, losing half the buffer.)
+func TestE2ESignals(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		sigs []syscall.Signal // sent in order, each once the previous one was handled
+	}{
+		{"HUP then TERM", []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM}},
+		{"USR1 and USR2 then TERM", []syscall.Signal{syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTERM}},
+		{"INT", []syscall.Signal{syscall.SIGINT}},
+		{"QUIT", []syscall.Signal{syscall.SIGQUIT}},
+		{"TERM twice", []syscall.Signal{syscall.SIGTERM, syscall.SIGTERM}},
+		{"TERM then HUP", []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+			fb.SetFault(fakebird.Always(fakebird.Response{Delay: 1500 * time.Millisecond})) // slow, then normal
+			p := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "TINYBIRD_TOKEN": upstreamToken,
+				"AUTHORIZATION_TOKEN": clientToken, "FLUSH_INTERVAL": "100", "SHUTDOWN_TIMEOUT": "20s"})
+			client := newClient(true)
+			var acked []event
+			for i := range 40 {
+				pr := post{ds: "signals", token: clientToken, lines: []string{fmt.Sprintf(`{"seq":%d}`, i)}}
+				pr.mustAccept(t, client, p.base)
+				acked = append(acked, event{pr.ds, pr.lines[0]})
+			}
+			client.CloseIdleConnections()
+			shutting := false
+			for _, s := range tc.sigs {
+				p.signal(s)
+				switch {
+				case s == syscall.SIGHUP || s == syscall.SIGUSR1 || s == syscall.SIGUSR2:
+					p.waitLog(`"signal":"` + s.String() + `"`)
+					if !shutting {
+						res, err := http.Get(p.base + "/health")
+						if err != nil || res.StatusCode != 200 {
+							t.Fatalf("after %s: /health got %v %v; want 200", s, res, err)
+						}
+						res.Body.Close()
+					}
+				case shutting:
+					p.waitLog("signal ignored: already shutting down")
+				default:
+					shutting = true
+					p.waitLog(`"msg":"shutting down","signal":"` + s.String() + `"`)
+				}
+			}
+			if got := p.exitStatus(30 * time.Second); got != 0 {
+				t.Fatalf("exit status %d; want 0", got)
+			}
+			assertDelivered(t, fb.Rows(), acked, nil, upstreamToken)
+		})
+	}
+}
