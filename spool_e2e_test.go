@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -105,5 +106,38 @@ func TestE2ESpoolSurvivesKill9(t *testing.T) {
 	}
 	if len(acked) < rounds*100 {
 		t.Errorf("only %d events acknowledged: the load did not run", len(acked))
+	}
+}
+
+// TestE2ESpoolDirIsExclusive: a second process started on a SPOOL_DIR that
+// a running proxy uses (a rolling update on a shared volume) refuses to
+// start, naming the holder's pid; once the first exits, it starts.
+func TestE2ESpoolDirIsExclusive(t *testing.T) {
+	t.Parallel()
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+	dir := t.TempDir()
+	env := func() map[string]string {
+		return map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "TINYBIRD_TOKEN": upstreamToken,
+			"AUTHORIZATION_TOKEN": clientToken, "SPOOL_DIR": dir}
+	}
+	first := startProxy(t, env())
+	env2 := env()
+	env2["PORT"] = "0"
+	second, stderr := command(t, env2)
+	err := second.Run()
+	if code := second.ProcessState.ExitCode(); err == nil || code != 1 {
+		t.Fatalf("second process on the same SPOOL_DIR: exit %d (%v); want 1", code, err)
+	}
+	if want := fmt.Sprintf("in use by another process (pid %d)", first.cmd.Process.Pid); !strings.Contains(stderr.String(), want) {
+		t.Errorf("second process said %q; want %q", stderr, want)
+	}
+	first.sigterm()
+	if code := first.exitStatus(20 * time.Second); code != 0 {
+		t.Fatalf("first exited %d", code)
+	}
+	again := startProxy(t, env())
+	again.sigterm()
+	if code := again.exitStatus(20 * time.Second); code != 0 {
+		t.Fatalf("restart exited %d", code)
 	}
 }

@@ -90,6 +90,7 @@ type Spool struct {
 	closed   bool
 	bg       sync.WaitGroup // doneLoop and, in FsyncAlways mode, syncLoop
 	bgCancel context.CancelFunc
+	lock     *os.File // holds the directory's lock until Close
 }
 
 // segment is one file. pending counts its records not yet delivered or
@@ -101,6 +102,7 @@ type segment struct {
 	size    int64
 	pending int
 	sealed  bool
+	gone    bool // its file vanished or was replaced: never delete what is at path now
 }
 
 // Open prepares dir (creating it, mode 0700: records hold client tokens in
@@ -119,7 +121,17 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{buf: buf, opts: opts, log: log, live: make(map[uint64]*segment)}
+	lock, err := lockDir(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	opened := false
+	defer func() {
+		if !opened {
+			lock.Close()
+		}
+	}()
+	s := &Spool{buf: buf, opts: opts, log: log, live: make(map[uint64]*segment), lock: lock}
 	s.cond = sync.NewCond(&s.mu)
 	names, err := filepath.Glob(filepath.Join(opts.Dir, "seg-*.spool"))
 	if err != nil {
@@ -157,6 +169,7 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	if opts.Fsync == FsyncAlways {
 		s.bg.Go(s.syncLoop)
 	}
+	opened = true
 	return s, nil
 }
 
@@ -302,10 +315,17 @@ func (s *Spool) removeLocked(seg *segment) {
 	}
 	delete(s.live, seg.seq)
 	s.total -= seg.size
+	if seg.gone {
+		return
+	}
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Error("cannot delete delivered spool segment", "path", seg.path, "err", err)
 	}
 }
+
+// maxTakenNames is how many taken segment names a roll skips before it
+// gives up.
+const maxTakenNames = 100
 
 // rollLocked seals the current segment (syncing it) and starts a new one.
 // A segment already sealed by a roll that then failed to start the next one
@@ -336,16 +356,28 @@ func (s *Spool) rollLocked() error {
 			s.removeLocked(old)
 		}
 	}
-	seg := &segment{seq: s.nextSeq, path: filepath.Join(s.opts.Dir, fmt.Sprintf("seg-%016d.spool", s.nextSeq))}
-	f, err := os.OpenFile(seg.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	var seg *segment
+	var f *os.File
+	var err error
+	// A name already taken (a file put there by hand, or by a process that
+	// did not hold the lock) is skipped, never reused.
+	for range maxTakenNames {
+		seg = &segment{seq: s.nextSeq, path: filepath.Join(s.opts.Dir, fmt.Sprintf("seg-%016d.spool", s.nextSeq))}
+		if f, err = os.OpenFile(seg.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); !errors.Is(err, os.ErrExist) {
+			break
+		}
+		s.nextSeq++
+	}
 	if err != nil {
 		s.m.writeErrors.Inc()
+		s.log.Warn("cannot start a new spool segment; refusing requests until it succeeds", "path", seg.path, "err", err)
 		return fmt.Errorf("%w: %v", buffer.ErrStorage, err)
 	}
 	if _, err := f.Write(header[:]); err != nil {
 		f.Close()
 		os.Remove(seg.path)
 		s.m.writeErrors.Inc()
+		s.log.Warn("cannot start a new spool segment; refusing requests until it succeeds", "path", seg.path, "err", err)
 		return fmt.Errorf("%w: %v", buffer.ErrStorage, err)
 	}
 	s.nextSeq++
@@ -390,12 +422,39 @@ func (s *Spool) doneLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			s.mu.Lock()
+			s.checkCurrentLocked()
 			s.flushDoneLocked()
 			s.mu.Unlock()
 			if s.opts.Fsync == FsyncInterval {
 				s.syncOnce()
 			}
 		}
+	}
+}
+
+// checkCurrentLocked starts a new segment when the current one's file is no
+// longer at its path (deleted, or replaced by another file): writes to it
+// would be acknowledged into a file no restart can find. Its records are
+// in the buffer and will still be delivered; only a crash before then
+// would lose them, as it would have anyway.
+func (s *Spool) checkCurrentLocked() {
+	cur := s.cur
+	if cur == nil || cur.f == nil || s.closed {
+		return
+	}
+	open, err := cur.f.Stat()
+	if err != nil {
+		return
+	}
+	if now, err := os.Stat(cur.path); err == nil && os.SameFile(open, now) {
+		return
+	}
+	s.m.writeErrors.Inc()
+	s.log.Error("the current spool segment vanished or was replaced; starting a new one (is another process using SPOOL_DIR?)",
+		"path", cur.path)
+	cur.gone = true
+	if err := s.rollLocked(); err != nil {
+		s.log.Error("cannot start a new spool segment; refusing requests until it succeeds", "err", err)
 	}
 }
 
@@ -621,6 +680,9 @@ func (s *Spool) Close() error {
 	cur.f, cur.sealed = nil, true
 	if cur.pending <= 0 {
 		s.removeLocked(cur)
+	}
+	if cerr := s.lock.Close(); err == nil {
+		err = cerr
 	}
 	return err
 }

@@ -35,6 +35,21 @@ func segments(t *testing.T, dir string) []string {
 	return names
 }
 
+// die stops s as a killed process stops: its background work ends, and its
+// files and directory lock are let go with nothing more written.
+func die(s *Spool) {
+	s.mu.Lock()
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	s.bgCancel()
+	s.bg.Wait()
+	if s.cur != nil && s.cur.f != nil {
+		s.cur.f.Close()
+	}
+	s.lock.Close()
+}
+
 // deliver plays the flusher: it takes everything from buf and finishes it
 // as delivered (or with f).
 func deliver(buf *buffer.Buffer, f *buffer.Failure) int {
@@ -74,6 +89,7 @@ func TestSurvivesRestart(t *testing.T) {
 				t.Errorf("%d segment files; want only the one still owed (sealed delivered ones deleted)", n)
 			}
 
+			die(s)
 			buf2 := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
 			s2 := open(t, dir, buf2, Options{Fsync: mode})
 			n, err := s2.Replay(context.Background())
@@ -136,6 +152,7 @@ func TestRefusedRequestNotReplayed(t *testing.T) {
 	if err := s.PutWaiting(buffer.Key{Token: "ok", Datasource: "ds"}, lines(`{"kept":1}`), nil); err != nil {
 		t.Fatal(err)
 	}
+	die(s) // right after the refusal
 	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
 	s2 := open(t, dir, buf2, Options{})
 	if n, err := s2.Replay(context.Background()); n != 1 || err != nil {
@@ -226,12 +243,18 @@ func TestRollFailureRecovers(t *testing.T) {
 			if err := s.PutWaiting(key, line, nil); err != nil {
 				t.Fatal(err)
 			}
-			// Squat the next segment's name: creating it fails.
+			// Squat the next segments' names: a roll skips a taken name, up
+			// to maxTakenNames of them, so each of the next three fails.
 			s.mu.Lock()
-			next := filepath.Join(dir, fmt.Sprintf("seg-%016d.spool", s.nextSeq))
+			first := s.nextSeq
 			s.mu.Unlock()
-			if err := os.Mkdir(next, 0o700); err != nil {
-				t.Fatal(err)
+			var squatted []string
+			for seq := first; seq < first+3*maxTakenNames; seq++ {
+				next := filepath.Join(dir, fmt.Sprintf("seg-%016d.spool", seq))
+				if err := os.Mkdir(next, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				squatted = append(squatted, next)
 			}
 			var err error
 			for range 5 { // fill the segment until a roll is needed
@@ -245,13 +268,75 @@ func TestRollFailureRecovers(t *testing.T) {
 			if err := s.PutWaiting(key, line, nil); !errors.Is(err, buffer.ErrStorage) {
 				t.Fatalf("again: got %v; want ErrStorage", err)
 			}
-			if err := os.Remove(next); err != nil {
-				t.Fatal(err)
+			for _, name := range squatted[2*maxTakenNames:] {
+				if err := os.Remove(name); err != nil {
+					t.Fatal(err)
+				}
 			}
 			held := buf.Len()
 			if err := s.PutWaiting(key, line, nil); err != nil || buf.Len() != held+1 {
 				t.Errorf("once the segment can be created: got %v, %d buffered; want it stored (%d)", err, buf.Len(), held+1)
 			}
 		})
+	}
+}
+
+// TestOneProcessPerDirectory: a second Open of a directory in use fails,
+// naming the holder's pid; once the first closes, it succeeds.
+func TestOneProcessPerDirectory(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{})
+	_, err := Open(buf, Options{Dir: dir}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "in use by another process (pid "+fmt.Sprint(os.Getpid())+")") {
+		t.Fatalf("second Open: got %v; want it refused naming pid %d", err, os.Getpid())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := open(t, dir, buf, Options{})
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestVanishedSegmentIsReplaced: when the current segment's file is deleted
+// (or replaced) behind the spool's back, the spool notices within an fsync
+// interval and writes to a new segment, so later acknowledged requests
+// are in a file a restart finds; the file at the old path is left alone.
+func TestVanishedSegmentIsReplaced(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{FsyncInterval: 10 * time.Millisecond})
+	key := buffer.Key{Datasource: "ds"}
+	if err := s.PutWaiting(key, lines(`{"a":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	segs := segments(t, dir)
+	if len(segs) != 1 {
+		t.Fatalf("segments %v", segs)
+	}
+	if err := os.Remove(segs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(segs[0], []byte("someone else's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(segments(t, dir)) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no new segment after the current one was replaced")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.PutWaiting(key, lines(`{"a":2}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	deliver(buf, nil)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(segs[0]); err != nil || string(b) != "someone else's" {
+		t.Errorf("the file now at the old path: %q, %v; want it untouched", b, err)
 	}
 }
