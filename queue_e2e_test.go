@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/tbproxy/tbproxy/internal/fakebird"
 	"github.com/tbproxy/tbproxy/internal/natstest"
 )
@@ -471,5 +473,74 @@ func TestE2EQueueMaxDeliver(t *testing.T) {
 	b.sigterm()
 	if code := b.exitStatus(30 * time.Second); code != 0 {
 		t.Errorf("exit status %d; want 0", code)
+	}
+}
+
+// TestE2EQueueForgedMessages: anyone who can publish on the queue's subject
+// can put messages in the stream. The bridge checks each as a client's
+// request is checked: a datasource name no client could send, a token where
+// the mode has none, or a line that is not a JSON object gets the message
+// dead-lettered (inside DEAD_LETTER_DIR, whatever its name says) instead
+// of sent upstream, and a valid message next to them is delivered.
+func TestE2EQueueForgedMessages(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+	parent := t.TempDir()
+	dead := filepath.Join(parent, "dead")
+	p := startProxy(t, queueEnv(fb, ns.URL(), "DEAD_LETTER_DIR", dead, "FLUSH_INTERVAL", "50"))
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	publish := func(ds, token, data string) {
+		m := nats.NewMsg("tbproxy.events.forged")
+		m.Header.Set("Tbproxy-Datasource", ds)
+		if token != "" {
+			m.Header.Set("Tbproxy-Token", token)
+		}
+		m.Data = []byte(data)
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("../outside", "", `{"forged":"path"}`+"\n")
+	publish("good", "", `{"forged":"mixed"}`+"\n"+"not json\n")
+	publish("good", "a-token-the-proxy-never-sends", `{"forged":"token"}`+"\n")
+	publish("good", "", `{"forged":"unterminated"}`)
+	publish("good", "", `{"ok":1}`+"\n")
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := fb.WaitRows(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(`"why":"not a tbproxy request: a client token in proxy-token mode"`)
+	p.sigterm()
+	if code := p.exitStatus(30 * time.Second); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+	if rows := fb.Rows(); len(rows) != 1 || string(rows[0].Line) != `{"ok":1}` {
+		t.Errorf("upstream got %v; want only the valid row", rows)
+	}
+	if _, err := os.Stat(filepath.Join(parent, "outside.ndjson")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a forged name wrote outside DEAD_LETTER_DIR (%v)", err)
+	}
+	var meta string
+	files, _ := filepath.Glob(filepath.Join(dead, "*.errors.jsonl"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		meta += string(b)
+	}
+	// The unterminated message has no whole row to write down: it is only
+	// logged and counted.
+	if n := strings.Count(meta, `"reason":"malformed"`); n != 3 {
+		t.Errorf("dead letters %v hold %d malformed records; want 3:\n%s", files, n, meta)
+	}
+	if !strings.Contains(p.stderr.String(), "the last line does not end in a newline") {
+		t.Error("the unterminated message was not logged")
 	}
 }

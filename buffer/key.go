@@ -20,3 +20,18 @@ func ValidDatasource[T ~string | ~[]byte](name T) bool {
 	}
 	return true
 }
+
+// ValidToken reports whether t has the shape of a token the proxy accepts:
+// 1 to max bytes of printable ASCII without spaces. Tokens travel into
+// headers, the spool and the queue; no real token has other bytes.
+func ValidToken[T ~string | ~[]byte](t T, max int) bool {
+	if len(t) == 0 || len(t) > max {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		if t[i] < 0x21 || t[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}

@@ -359,5 +359,5 @@ func (s *Server) checkToken(token []byte) []byte {
 // tokenShape reports whether token is 1 to MaxTokenBytes bytes of printable
 // ASCII, with no spaces.
 func (s *Server) tokenShape(token []byte) bool {
-	return len(token) <= s.opts.MaxTokenBytes && printable(token)
+	return buffer.ValidToken(token, s.opts.MaxTokenBytes)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/ndjson"
 )
 
 // bridgeFill is the buffer fill below which the bridge fetches more: it
@@ -68,20 +69,22 @@ func (q *Queue) take(ctx context.Context, msg jetstream.Msg) {
 	reply := h.Get(hdrReply)
 	data := msg.Data()
 	rows := bytes.Count(data, []byte{'\n'})
+	if why := q.malformed(key); why != "" {
+		q.terminate(msg, key, data, rows, reply, reasonMalformed, why)
+		return
+	}
+	// Anyone who can publish on the subject can write here: every line is
+	// checked as a client's would be, so one forged line cannot get a whole
+	// batch of other rows refused upstream.
+	lines, serr := ndjson.Split(make([][]byte, 0, rows), data)
 	switch {
-	case key.Datasource == "" || rows == 0 || data[len(data)-1] != '\n':
-		q.terminate(msg, key, data, rows, reply, reasonMalformed, "not a tbproxy request")
+	case serr != nil:
+		q.terminate(msg, key, data, rows, reply, reasonMalformed, "not a tbproxy request: "+serr.Error())
 		return
 	case err == nil && md.NumDelivered >= uint64(q.opts.MaxDeliver):
 		q.terminate(msg, key, data, rows, reply, reasonMaxDeliver,
 			fmt.Sprintf("delivered %d times without being acknowledged upstream (QUEUE_MAX_DELIVER)", md.NumDelivered))
 		return
-	}
-	lines := make([][]byte, 0, rows)
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, '\n')
-		lines = append(lines, data[:i])
-		data = data[i+1:]
 	}
 
 	w := buffer.NewWaiter()
@@ -129,6 +132,21 @@ func (q *Queue) take(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 	}
+}
+
+// malformed says what makes key one the proxy never publishes, or "": a
+// datasource name or token a client could not have sent, or a token where
+// this mode has none (or none where it needs one).
+func (q *Queue) malformed(key buffer.Key) string {
+	switch {
+	case !buffer.ValidDatasource(key.Datasource):
+		return "not a tbproxy request: invalid datasource name"
+	case q.opts.ClientTokens && !buffer.ValidToken(key.Token, q.opts.MaxTokenBytes):
+		return "not a tbproxy request: no valid client token (pass-through mode)"
+	case !q.opts.ClientTokens && key.Token != "":
+		return "not a tbproxy request: a client token in proxy-token mode"
+	}
+	return ""
 }
 
 // terminate stops JetStream redelivering msg: logged, counted, written to
