@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
@@ -9,10 +10,10 @@ import (
 	"github.com/tbproxy/tbproxy/buffer"
 )
 
-// Segment file format, version 1:
+// Segment file format, version 2:
 //
-//	header  "TBSPOOL" 0x01                      8 bytes
-//	record  magic 0xF1 0x7E 0x5B 0xC3           4 bytes
+//	header  "TBSPOOL" 0x02, sync marker          16 bytes
+//	record  sync marker                           8 bytes
 //	        payload length (little endian)      4 bytes
 //	        CRC-32C of length and payload       4 bytes
 //	        payload                             length bytes
@@ -25,20 +26,27 @@ import (
 // Records are never rewritten; a record is retired by appending a kindDone
 // that names it, so a restart replays only what was still owed.
 //
-// The magic lets a reader find the next record after a corrupt one. It
-// cannot occur in valid UTF-8 text (0xF1 must be followed by 0x80-0xBF), and
-// a false match still has to pass the CRC.
+// The sync marker lets a reader find the next record after a corrupt one.
+// Each process draws its own at random and writes it in the header of
+// every segment it starts, so no client can know it: rows and tokens are
+// client bytes, and a whole record hidden in them (a "done" record retiring
+// real rows, or rows for a datasource named ../../x) must never be taken
+// for a record. Version 1 used a fixed magic, 0xF1 0x7E 0x5B 0xC3, after an
+// 8-byte header; such segments, left by an older version, are still read.
 const (
-	headerLen = 8
-	frameLen  = 12
+	headerLen = 16
+	syncLen   = 8
+	frameLen  = syncLen + 8
 	kindData  = 1
 	kindDone  = 2
+
+	headerLenV1 = 8
 )
 
 var (
-	header = [headerLen]byte{'T', 'B', 'S', 'P', 'O', 'O', 'L', 1}
-	magic  = [4]byte{0xF1, 0x7E, 0x5B, 0xC3}
-	crcTab = crc32.MakeTable(crc32.Castagnoli)
+	header  = [8]byte{'T', 'B', 'S', 'P', 'O', 'O', 'L', 2}
+	magicV1 = []byte{0xF1, 0x7E, 0x5B, 0xC3}
+	crcTab  = crc32.MakeTable(crc32.Castagnoli)
 
 	errUnknownVersion = errors.New("spool: segment of an unknown version")
 	errNotSegment     = errors.New("spool: not a segment file")
@@ -48,10 +56,25 @@ var (
 // reader allocate or skip gigabytes.
 const maxPayload = 1 << 30
 
-// appendData appends one framed data record for key and lines to dst.
-func appendData(dst []byte, key buffer.Key, lines [][]byte) []byte {
+// syncMarker is the random marker a process frames its records with.
+type syncMarker [syncLen]byte
+
+// newSyncMarker draws a marker no client can guess.
+func newSyncMarker() (syncMarker, error) {
+	var m syncMarker
+	_, err := rand.Read(m[:])
+	return m, err
+}
+
+// appendHeader appends a segment's header for records framed with m.
+func appendHeader(dst []byte, m syncMarker) []byte {
+	return append(append(dst, header[:]...), m[:]...)
+}
+
+// appendData appends one data record for key and lines, framed with m.
+func appendData(dst []byte, m syncMarker, key buffer.Key, lines [][]byte) []byte {
 	start := len(dst)
-	dst = append(dst, magic[:]...)
+	dst = append(dst, m[:]...)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0) // length and CRC, set below
 	dst = append(dst, kindData)
 	dst = binary.AppendUvarint(dst, uint64(len(key.Token)))
@@ -63,7 +86,7 @@ func appendData(dst []byte, key buffer.Key, lines [][]byte) []byte {
 		dst = append(dst, l...)
 		dst = append(dst, '\n')
 	}
-	return seal(dst, start)
+	return seal(dst, start, syncLen)
 }
 
 // ref names a data record: its segment's number and its offset there.
@@ -72,10 +95,11 @@ type ref struct {
 	offset int64
 }
 
-// appendDone appends a record that retires the data records refs name.
-func appendDone(dst []byte, refs []ref) []byte {
+// appendDone appends a record, framed with m, that retires the data
+// records refs name.
+func appendDone(dst []byte, m syncMarker, refs []ref) []byte {
 	start := len(dst)
-	dst = append(dst, magic[:]...)
+	dst = append(dst, m[:]...)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
 	dst = append(dst, kindDone)
 	dst = binary.AppendUvarint(dst, uint64(len(refs)))
@@ -83,15 +107,17 @@ func appendDone(dst []byte, refs []ref) []byte {
 		dst = binary.AppendUvarint(dst, r.seq)
 		dst = binary.AppendUvarint(dst, uint64(r.offset))
 	}
-	return seal(dst, start)
+	return seal(dst, start, syncLen)
 }
 
-func seal(dst []byte, start int) []byte {
-	payload := dst[start+frameLen:]
-	binary.LittleEndian.PutUint32(dst[start+4:], uint32(len(payload)))
-	crc := crc32.Update(0, crcTab, dst[start+4:start+8])
+// seal fills in the length and CRC of the record that starts at start,
+// after a sync of n bytes.
+func seal(dst []byte, start, n int) []byte {
+	payload := dst[start+n+8:]
+	binary.LittleEndian.PutUint32(dst[start+n:], uint32(len(payload)))
+	crc := crc32.Update(0, crcTab, dst[start+n:start+n+4])
 	crc = crc32.Update(crc, crcTab, payload)
-	binary.LittleEndian.PutUint32(dst[start+8:], crc)
+	binary.LittleEndian.PutUint32(dst[start+n+4:], crc)
 	return dst
 }
 
@@ -115,30 +141,40 @@ type scanned struct {
 }
 
 // scan reads a segment's bytes. A record that fails its checks is skipped
-// to the next record that passes them; if none follows, it is the torn tail
-// of an interrupted write and validEnd excludes it. Both count as corrupt.
-// A file too short for a header, or with another header, is an error.
+// to the next record that passes them, found by the segment's sync marker;
+// if none follows, it is the torn tail of an interrupted write and validEnd
+// excludes it. Both count as corrupt. A file too short for a header, or
+// with another header, is an error.
 func scan(b []byte) (scanned, error) {
 	var out scanned
-	if len(b) < headerLen || !bytes.Equal(b[:len(header)-1], header[:len(header)-1]) {
+	if len(b) < headerLenV1 || !bytes.Equal(b[:len(header)-1], header[:len(header)-1]) {
 		return out, errNotSegment
 	}
-	if b[headerLen-1] != header[headerLen-1] {
+	var sync []byte
+	off := headerLenV1
+	switch b[len(header)-1] {
+	case 1:
+		sync = magicV1
+	case header[len(header)-1]:
+		if len(b) < headerLen {
+			return out, errNotSegment
+		}
+		sync, off = b[headerLenV1:headerLen], headerLen
+	default:
 		return out, errUnknownVersion
 	}
-	off := headerLen
-	out.validEnd = headerLen
+	out.validEnd = int64(off)
 	for off < len(b) {
-		payload, next, ok := frameAt(b, off)
+		payload, next, ok := frameAt(b, off, sync)
 		if !ok {
 			// Find the next record that passes its checks, if any.
 			resync := -1
 			for from := off + 1; from < len(b); {
-				i := bytes.Index(b[from:], magic[:])
+				i := bytes.Index(b[from:], sync)
 				if i < 0 {
 					break
 				}
-				if _, _, ok := frameAt(b, from+i); ok {
+				if _, _, ok := frameAt(b, from+i, sync); ok {
 					resync = from + i
 					break
 				}
@@ -164,22 +200,23 @@ func scan(b []byte) (scanned, error) {
 	return out, nil
 }
 
-// frameAt checks the record framed at off and returns its payload and where
-// the next record starts.
-func frameAt(b []byte, off int) (payload []byte, next int, ok bool) {
-	if len(b)-off < frameLen || !bytes.Equal(b[off:off+4], magic[:]) {
+// frameAt checks the record framed with sync at off and returns its
+// payload and where the next record starts.
+func frameAt(b []byte, off int, sync []byte) (payload []byte, next int, ok bool) {
+	s, fl := len(sync), len(sync)+8
+	if len(b)-off < fl || !bytes.Equal(b[off:off+s], sync) {
 		return nil, 0, false
 	}
-	n := binary.LittleEndian.Uint32(b[off+4:])
-	if n > maxPayload || int(n) > len(b)-off-frameLen {
+	n := binary.LittleEndian.Uint32(b[off+s:])
+	if n > maxPayload || int(n) > len(b)-off-fl {
 		return nil, 0, false
 	}
-	payload = b[off+frameLen : off+frameLen+int(n)]
-	crc := crc32.Update(0, crcTab, b[off+4:off+8])
-	if crc32.Update(crc, crcTab, payload) != binary.LittleEndian.Uint32(b[off+8:]) {
+	payload = b[off+fl : off+fl+int(n)]
+	crc := crc32.Update(0, crcTab, b[off+s:off+s+4])
+	if crc32.Update(crc, crcTab, payload) != binary.LittleEndian.Uint32(b[off+s+4:]) {
 		return nil, 0, false
 	}
-	return payload, off + frameLen + int(n), true
+	return payload, off + fl + int(n), true
 }
 
 // decode reads a payload: a data record, or the records a done record

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -19,14 +20,17 @@ func lines(ss ...string) [][]byte {
 	return out
 }
 
+// testMarker frames the records tests build.
+var testMarker = syncMarker{0x5e, 0xc2, 0x37, 0x91, 0x0a, 0xfe, 0x48, 0x13}
+
 // segmentOf builds a segment with n data records and returns it and each
 // record's offset.
 func segmentOf(n int) ([]byte, []int) {
-	b := append([]byte(nil), header[:]...)
+	b := appendHeader(nil, testMarker)
 	var offs []int
 	for i := range n {
 		offs = append(offs, len(b))
-		b = appendData(b, buffer.Key{Token: "tok", Datasource: fmt.Sprintf("ds%d", i%2)},
+		b = appendData(b, testMarker, buffer.Key{Token: "tok", Datasource: fmt.Sprintf("ds%d", i%2)},
 			lines(fmt.Sprintf(`{"i":%d,"s":"Zürich"}`, i), `{"second":true}`))
 	}
 	return b, offs
@@ -34,7 +38,7 @@ func segmentOf(n int) ([]byte, []int) {
 
 func TestScanRoundTrip(t *testing.T) {
 	b, offs := segmentOf(3)
-	b = appendDone(b, []ref{{seq: 7, offset: int64(offs[1])}, {seq: 3, offset: 99}})
+	b = appendDone(b, testMarker, []ref{{seq: 7, offset: int64(offs[1])}, {seq: 3, offset: 99}})
 	sc, err := scan(b)
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +70,7 @@ func TestScanTornTail(t *testing.T) {
 
 func TestScanFlippedByteMidFile(t *testing.T) {
 	b, offs := segmentOf(3)
-	for _, at := range []int{offs[1] + 2, offs[1] + 6, offs[1] + 10, offs[1] + 20} { // magic, length, CRC, payload
+	for _, at := range []int{offs[1] + 2, offs[1] + 10, offs[1] + 14, offs[1] + 20} { // marker, length, CRC, payload
 		c := bytes.Clone(b)
 		c[at] ^= 0x40
 		sc, err := scan(c)
@@ -80,15 +84,92 @@ func TestScanFlippedByteMidFile(t *testing.T) {
 }
 
 func TestScanEmptyAndForeignFiles(t *testing.T) {
-	if sc, err := scan(header[:]); err != nil || len(sc.records) != 0 || sc.validEnd != headerLen {
+	if sc, err := scan(appendHeader(nil, testMarker)); err != nil || len(sc.records) != 0 || sc.validEnd != headerLen {
 		t.Errorf("header only: got %+v, %v", sc, err)
 	}
 	if _, err := scan(nil); !errors.Is(err, errNotSegment) {
 		t.Errorf("empty file: got %v; want errNotSegment", err)
 	}
-	v2 := append([]byte("TBSPOOL"), 2)
-	if _, err := scan(v2); !errors.Is(err, errUnknownVersion) {
-		t.Errorf("version 2: got %v; want errUnknownVersion", err)
+	if _, err := scan(header[:]); !errors.Is(err, errNotSegment) {
+		t.Errorf("version 2 without its marker: got %v; want errNotSegment", err)
+	}
+	v3 := append([]byte("TBSPOOL"), 3)
+	if _, err := scan(v3); !errors.Is(err, errUnknownVersion) {
+		t.Errorf("version 3: got %v; want errUnknownVersion", err)
+	}
+}
+
+// segmentV1 builds a segment as version 1 wrote it: an 8-byte header and
+// records framed with a fixed magic.
+func segmentV1(n int) []byte {
+	b := []byte("TBSPOOL\x01")
+	for i := range n {
+		start := len(b)
+		b = append(b, magicV1...)
+		b = append(b, 0, 0, 0, 0, 0, 0, 0, 0, kindData)
+		b = binary.AppendUvarint(b, 0)
+		b = binary.AppendUvarint(b, 2)
+		b = append(b, "ds"...)
+		b = binary.AppendUvarint(b, 1)
+		b = append(b, fmt.Sprintf(`{"v1":%d}`+"\n", i)...)
+		b = seal(b, start, len(magicV1))
+	}
+	return b
+}
+
+// TestScanVersion1: segments an older version left behind are still read.
+func TestScanVersion1(t *testing.T) {
+	b := segmentV1(2)
+	sc, err := scan(b)
+	if err != nil || len(sc.records) != 2 || sc.corrupt != 0 || string(sc.records[1].data) != `{"v1":1}`+"\n" || sc.validEnd != int64(len(b)) {
+		t.Fatalf("got %+v, %v", sc, err)
+	}
+}
+
+// forgedFrames returns client bytes that hold whole records framed as a
+// client might guess: the version 1 magic, zeros, a constant marker. Each
+// is a done record retiring offset 16 of segment 0 and 1, and a data record
+// for a datasource named ../../x.
+func forgedFrames() []byte {
+	var out []byte
+	for _, guess := range []syncMarker{{0xF1, 0x7E, 0x5B, 0xC3}, {}, {'T', 'B', 'S', 'P', 'O', 'O', 'L', 2}} {
+		out = appendDone(out, guess, []ref{{seq: 0, offset: headerLen}, {seq: 1, offset: headerLen}})
+		out = appendData(out, guess, buffer.Key{Datasource: "../../x"}, lines(`{"forged":1}`))
+	}
+	// And the v1 framing exactly as version 1 wrote it.
+	return append(out, segmentV1(1)[headerLenV1:]...)
+}
+
+// TestForgedRecordsInClientBytes: a record hidden in a client's token or
+// rows is never taken for one, even when the record holding it is corrupt
+// and the reader has to look for the next record (a torn write, an OOM kill
+// mid-write): it finds only records framed with the segment's own marker.
+func TestForgedRecordsInClientBytes(t *testing.T) {
+	forged := forgedFrames()
+	for _, where := range []string{"token", "rows"} {
+		b := appendHeader(nil, testMarker)
+		first := len(b)
+		key := buffer.Key{Datasource: "ds"}
+		rows := lines(`{"a":1}`)
+		if where == "token" {
+			key.Token = string(forged)
+		} else {
+			rows = lines(`{"s":"`+string(bytes.ReplaceAll(forged, []byte("\n"), nil))+`"}`)
+		}
+		b = appendData(b, testMarker, key, rows)
+		second := len(b)
+		b = appendData(b, testMarker, buffer.Key{Datasource: "real"}, lines(`{"real":1}`))
+		for _, at := range []int{first + 2, first + 10, first + 14} { // the holder's marker, length, CRC
+			c := bytes.Clone(b)
+			c[at] ^= 0x40
+			sc, err := scan(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(sc.done) != 0 || len(sc.records) != 1 || sc.records[0].offset != int64(second) || sc.records[0].key.Datasource != "real" {
+				t.Errorf("forged in the %s, holder broken at +%d: got records %+v, done %v; want only the real record", where, at-first, sc.records, sc.done)
+			}
+		}
 	}
 }
 
@@ -96,8 +177,10 @@ func FuzzScan(f *testing.F) {
 	b, offs := segmentOf(4)
 	f.Add(b)
 	f.Add(b[:offs[2]+5])
-	f.Add(header[:])
+	f.Add(appendHeader(nil, testMarker))
 	f.Add([]byte("TBSPOOL\x02"))
+	f.Add(segmentV1(3))
+	f.Add(append(appendHeader(nil, testMarker), forgedFrames()...))
 	if seeds, _ := filepath.Glob("testdata/*.spool"); len(seeds) > 0 {
 		for _, s := range seeds {
 			if d, err := os.ReadFile(s); err == nil {
@@ -110,7 +193,7 @@ func FuzzScan(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if sc.validEnd < headerLen || sc.validEnd > int64(len(b)) {
+		if sc.validEnd < headerLenV1 || sc.validEnd > int64(len(b)) {
 			t.Fatalf("validEnd %d outside the file of %d bytes", sc.validEnd, len(b))
 		}
 		for _, r := range sc.records {
@@ -122,6 +205,41 @@ func FuzzScan(f *testing.F) {
 		again, err := scan(b[:sc.validEnd])
 		if err != nil || len(again.records) < len(sc.records) {
 			t.Fatalf("rescanning the valid part lost records: %d then %d (%v)", len(sc.records), len(again.records), err)
+		}
+	})
+}
+
+// FuzzForgedRecords: whatever a client puts in its token and rows, and
+// wherever the record holding them is broken, a reader finds no record
+// that the writer did not write.
+func FuzzForgedRecords(f *testing.F) {
+	f.Add([]byte("tok"), []byte(`{"a":1}`), 2)
+	f.Add(forgedFrames(), forgedFrames(), 10)
+	f.Fuzz(func(t *testing.T, token, row []byte, at int) {
+		row = bytes.ReplaceAll(row, []byte("\n"), nil)
+		b := appendHeader(nil, testMarker)
+		first := len(b)
+		b = appendData(b, testMarker, buffer.Key{Token: string(token), Datasource: "ds"}, [][]byte{row})
+		second := len(b)
+		b = appendData(b, testMarker, buffer.Key{Datasource: "real"}, lines(`{"real":1}`))
+		if at < 0 {
+			at = -at
+		}
+		b[first+at%(second-first)] ^= 0x40 // break the first record anywhere
+		sc, err := scan(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sc.done) != 0 {
+			t.Fatalf("found done records %v", sc.done)
+		}
+		for _, r := range sc.records {
+			if r.offset != int64(first) && r.offset != int64(second) {
+				t.Fatalf("found a record at %d, inside client bytes", r.offset)
+			}
+		}
+		if len(sc.records) == 0 || sc.records[len(sc.records)-1].offset != int64(second) {
+			t.Fatalf("lost the intact record: %+v", sc.records)
 		}
 	})
 }

@@ -7,7 +7,6 @@
 package spool
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/ndjson"
 )
 
 // Fsync says when appended records are forced to disk.
@@ -63,6 +63,9 @@ type Options struct {
 	MaxBytes      int64
 	Fsync         Fsync
 	FsyncInterval time.Duration // default 100ms
+	// MaxTokenBytes bounds a token read back from a segment, as the proxy
+	// bounds a client's (default 4 KiB).
+	MaxTokenBytes int
 }
 
 // Spool appends requests to segment files and hands them to a buffer. Safe
@@ -90,7 +93,8 @@ type Spool struct {
 	closed   bool
 	bg       sync.WaitGroup // doneLoop and, in FsyncAlways mode, syncLoop
 	bgCancel context.CancelFunc
-	lock     *os.File // holds the directory's lock until Close
+	lock     *os.File   // holds the directory's lock until Close
+	sync     syncMarker // frames this process's records; see segment.go
 }
 
 // segment is one file. pending counts its records not yet delivered or
@@ -118,6 +122,9 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	if opts.FsyncInterval <= 0 {
 		opts.FsyncInterval = 100 * time.Millisecond
 	}
+	if opts.MaxTokenBytes <= 0 {
+		opts.MaxTokenBytes = 4 << 10
+	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
@@ -131,7 +138,11 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 			lock.Close()
 		}
 	}()
-	s := &Spool{buf: buf, opts: opts, log: log, live: make(map[uint64]*segment), lock: lock}
+	marker, err := newSyncMarker()
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s := &Spool{buf: buf, opts: opts, log: log, live: make(map[uint64]*segment), lock: lock, sync: marker}
 	s.cond = sync.NewCond(&s.mu)
 	names, err := filepath.Glob(filepath.Join(opts.Dir, "seg-*.spool"))
 	if err != nil {
@@ -192,7 +203,7 @@ func (s *Spool) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 	if ep == nil {
 		ep = new([]byte)
 	}
-	rec := appendData((*ep)[:0], key, lines)
+	rec := appendData((*ep)[:0], s.sync, key, lines)
 	defer func() {
 		if cap(rec) <= 1<<20 {
 			*ep = rec
@@ -246,7 +257,7 @@ func (s *Spool) append(rec []byte) (*segment, int64, uint64, error) {
 	// Records retired since the last write go down in the same write.
 	w := rec
 	if len(s.done) > 0 {
-		s.wbuf = appendDone(s.wbuf[:0], s.done)
+		s.wbuf = appendDone(s.wbuf[:0], s.sync, s.done)
 		w = append(s.wbuf, rec...)
 		s.wbuf = w
 	}
@@ -298,7 +309,7 @@ func (s *Spool) flushDoneLocked() {
 	if len(s.done) == 0 || s.closed || s.cur == nil || s.cur.f == nil {
 		return
 	}
-	s.wbuf = appendDone(s.wbuf[:0], s.done)
+	s.wbuf = appendDone(s.wbuf[:0], s.sync, s.done)
 	if _, err := s.cur.f.Write(s.wbuf); err != nil {
 		_ = s.cur.f.Truncate(s.cur.size)
 		_, _ = s.cur.f.Seek(s.cur.size, 0)
@@ -373,7 +384,7 @@ func (s *Spool) rollLocked() error {
 		s.log.Warn("cannot start a new spool segment; refusing requests until it succeeds", "path", seg.path, "err", err)
 		return fmt.Errorf("%w: %v", buffer.ErrStorage, err)
 	}
-	if _, err := f.Write(header[:]); err != nil {
+	if _, err := f.Write(appendHeader(nil, s.sync)); err != nil {
 		f.Close()
 		os.Remove(seg.path)
 		s.m.writeErrors.Inc()
@@ -591,7 +602,24 @@ func (s *Spool) replaySegment(ctx context.Context, seg *segment, retired map[ref
 	events := 0
 	var lines [][]byte
 	for _, r := range owed {
-		lines = splitNDJSON(lines[:0], r.data)
+		// What comes back from disk passes the checks a live request does:
+		// a record no client could have sent is not replayed.
+		var err error
+		lines, err = ndjson.Split(lines[:0], r.data)
+		switch {
+		case err != nil:
+		case !buffer.ValidDatasource(r.key.Datasource):
+			err = errors.New("invalid datasource name")
+		case r.key.Token != "" && !buffer.ValidToken(r.key.Token, s.opts.MaxTokenBytes):
+			err = errors.New("invalid token")
+		}
+		if err != nil {
+			s.m.corrupt.Inc()
+			s.log.Error("spool record not replayed: it fails the checks a request passes", "path", seg.path,
+				"offset", r.offset, "events", r.rows, "err", err)
+			s.ack(seg, r.offset)
+			continue
+		}
 		w := buffer.NewWaiter()
 		off := r.offset
 		w.OnDone(func(f *buffer.Failure) {
@@ -641,15 +669,6 @@ func (s *Spool) segmentCount() float64 {
 		}
 	}
 	return float64(n)
-}
-
-func splitNDJSON(dst [][]byte, data []byte) [][]byte {
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, '\n')
-		dst = append(dst, data[:i])
-		data = data[i+1:]
-	}
-	return dst
 }
 
 // Close syncs and closes the current segment, deleting it if nothing in it

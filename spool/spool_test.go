@@ -340,3 +340,40 @@ func TestVanishedSegmentIsReplaced(t *testing.T) {
 		t.Errorf("the file now at the old path: %q, %v; want it untouched", b, err)
 	}
 }
+
+// TestReplayChecksRecords: a record read back from disk that no client
+// could have sent (a datasource name like ../../x, a token with a control
+// byte, a line that is not a JSON object) is counted, logged and retired,
+// never replayed; the valid records beside it are.
+func TestReplayChecksRecords(t *testing.T) {
+	dir := t.TempDir()
+	b := appendHeader(nil, testMarker)
+	b = appendData(b, testMarker, buffer.Key{Datasource: "../../x"}, lines(`{"bad":"name"}`))
+	b = appendData(b, testMarker, buffer.Key{Token: "a\x00b", Datasource: "ds"}, lines(`{"bad":"token"}`))
+	b = appendData(b, testMarker, buffer.Key{Datasource: "ds"}, lines(`{"ok":1}`, `not json`))
+	b = appendData(b, testMarker, buffer.Key{Datasource: "ds"}, lines(`{"ok":2}`))
+	if err := os.WriteFile(filepath.Join(dir, "seg-0000000000000001.spool"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{})
+	if n, err := s.Replay(context.Background()); n != 1 || err != nil {
+		t.Fatalf("replayed %d (%v); want only the valid record", n, err)
+	}
+	got := buf.Take(nil)
+	if len(got) != 1 || string(got[0].Data) != `{"ok":2}`+"\n" {
+		t.Fatalf("replayed %+v", got)
+	}
+	if c := testutil.ToFloat64(s.m.corrupt); c != 3 {
+		t.Errorf("corrupt records counted %v; want 3", c)
+	}
+	got[0].Waiter.AddPart()
+	got[0].Waiter.Finish(1, 0, nil)
+	buf.Release(got[0].Key, 1, got[0].Data)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left := segments(t, dir); len(left) != 0 {
+		t.Errorf("segments left %v; want none: the skipped records are retired too", left)
+	}
+}
