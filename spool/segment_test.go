@@ -154,7 +154,7 @@ func TestForgedRecordsInClientBytes(t *testing.T) {
 		if where == "token" {
 			key.Token = string(forged)
 		} else {
-			rows = lines(`{"s":"`+string(bytes.ReplaceAll(forged, []byte("\n"), nil))+`"}`)
+			rows = lines(`{"s":"` + string(bytes.ReplaceAll(forged, []byte("\n"), nil)) + `"}`)
 		}
 		b = appendData(b, testMarker, key, rows)
 		second := len(b)
