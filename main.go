@@ -134,7 +134,10 @@ func run() int {
 	sq.stopTaking()
 	buf.Close()
 	stopFlusher() // nothing can be added any more: start delivering what is held
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	// The flusher answers every held wait=true request by SHUTDOWN_TIMEOUT
+	// (delivered, refused, kept, or not written); the server waits a little
+	// longer, so those answers are written before connections close.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout+answerGrace)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		log.Warn("connections still open at shutdown", "err", err)
@@ -244,6 +247,10 @@ func newUpstream(cfg config.Config, log *slog.Logger) (flusher.Upstream, error) 
 		UserAgent: "tbproxy",
 	})
 }
+
+// answerGrace is how long past SHUTDOWN_TIMEOUT the server waits for
+// requests the flusher has just answered to be written.
+const answerGrace = 2 * time.Second
 
 // handleSignals returns a context that ends, with the signal as its cause,
 // on the first SIGTERM, SIGINT or SIGQUIT: each starts the graceful

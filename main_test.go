@@ -203,6 +203,7 @@ type post struct {
 	tokenQuery  bool // ?token= instead of Authorization: Bearer
 	gzip        bool
 	noFinalLine bool
+	wait        bool // wait=true
 	lines       []string
 }
 
@@ -216,6 +217,9 @@ func (p post) send(client *http.Client, base string) (reply, error) {
 	q := url.Values{"name": {p.ds}}
 	if p.tokenQuery {
 		q.Set("token", p.token)
+	}
+	if p.wait {
+		q.Set("wait", "true")
 	}
 	body := []byte(strings.Join(p.lines, "\n"))
 	if !p.noFinalLine {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -88,6 +89,57 @@ func TestE2ESignals(t *testing.T) {
 				t.Fatalf("exit status %d; want 0", got)
 			}
 			assertDelivered(t, fb.Rows(), acked, nil, upstreamToken)
+		})
+	}
+}
+
+// TestE2EHeldRequestsAnsweredAtShutdown: wait=true requests held when the
+// drain runs out of time all get an answer before the connections close,
+// and the answer is the truth: with a spool, the rows are kept and will be
+// delivered; without, they were not written or may have been.
+func TestE2EHeldRequestsAnsweredAtShutdown(t *testing.T) {
+	t.Parallel()
+	for _, spool := range []bool{false, true} {
+		t.Run(fmt.Sprintf("spool %v", spool), func(t *testing.T) {
+			t.Parallel()
+			fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+			fb.SetFault(fakebird.Always(fakebird.Response{Status: 500}))
+			env := map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "TINYBIRD_TOKEN": upstreamToken,
+				"AUTHORIZATION_TOKEN": clientToken, "FLUSH_INTERVAL": "50", "SHUTDOWN_TIMEOUT": "2s", "WAIT_TIMEOUT": "60s",
+				"RETRY_MIN_BACKOFF": "50ms", "RETRY_MAX_BACKOFF": "200ms"}
+			if spool {
+				env["SPOOL_DIR"] = t.TempDir()
+			}
+			p := startProxy(t, env)
+			answers := make(chan string, 10)
+			for i := range 10 {
+				go func() {
+					r, err := post{ds: "held", token: clientToken, wait: true, lines: []string{fmt.Sprintf(`{"i":%d}`, i)}}.send(newClient(false), p.base)
+					if err != nil {
+						answers <- "no answer: " + err.Error()
+						return
+					}
+					answers <- fmt.Sprintf("%d %s", r.status, r.body)
+				}()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := fb.WaitRequests(ctx, 2); err != nil { // the rows are being retried
+				t.Fatal(err)
+			}
+			p.sigterm()
+			for range 10 {
+				a := <-answers
+				switch {
+				case strings.HasPrefix(a, "no answer"):
+					t.Errorf("a held client got %s", a)
+				case spool && !(strings.HasPrefix(a, "503 ") && strings.Contains(a, "they are kept and will be delivered")):
+					t.Errorf("with the spool, a held client got %s; want 503 saying the rows are kept", a)
+				case !spool && !(strings.HasPrefix(a, "503 ") && strings.Contains(a, "written")):
+					t.Errorf("without the spool, a held client got %s; want 503 saying whether they were written", a)
+				}
+			}
+			p.exitStatus(30 * time.Second)
 		})
 	}
 }

@@ -21,6 +21,9 @@ type Batch struct {
 
 	parts []part
 	first int64 // Accepted time of the oldest entry, Unix nanoseconds
+	// sent says an upload of this batch was started: if it was never
+	// acknowledged, upstream may still have written it.
+	sent bool
 }
 
 // part is a run of whole lines from one entry, each ending in '\n', and the

@@ -36,6 +36,7 @@ func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) 
 		haveSlot = false
 		start := time.Now()
 		actx, cancel := context.WithDeadline(ctx, f.attemptDeadline(start))
+		b.sent = true
 		res, err := f.opts.Upstream.Send(actx, b)
 		cancel()
 		f.releaseSlot()

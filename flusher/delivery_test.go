@@ -209,10 +209,33 @@ func TestShutdownTimeoutTellsWaitersAndDeadLetters(t *testing.T) {
 	if err := h.stop(t); !errors.Is(err, ErrUndelivered) {
 		t.Fatalf("Run: got %v; want ErrUndelivered", err)
 	}
+	// Batches whose upload was started (and failed, or was cut off) may
+	// have been written; the rest were never sent. Each is told which.
+	told := map[string]int{}
 	for i, w := range ws {
-		if _, _, f := waitDone(t, w); f == nil || f.Status != 503 || f.Reason != reasonShutdownTimeout {
-			t.Errorf("request %d: failure %+v; want 503 shutdown_timeout", i, f)
+		_, _, f := waitDone(t, w)
+		if f == nil || f.Status != 503 || f.Reason != reasonShutdownTimeout || f.Retained {
+			t.Fatalf("request %d: failure %+v; want 503 shutdown_timeout", i, f)
 		}
+		switch {
+		case strings.HasSuffix(f.Message, "they were not written"):
+			told["not written"]++
+		case strings.HasSuffix(f.Message, "so they may have been written"):
+			told["may have been written"]++
+		default:
+			t.Errorf("request %d: told %q", i, f.Message)
+		}
+	}
+	if told["not written"] == 0 || told["may have been written"] == 0 {
+		t.Errorf("requests were told %v; want both: one upload slot, so some batches were never sent", told)
+	}
+	var meta string
+	for i := range 3 {
+		b, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("ds%d.errors.jsonl", i)))
+		meta += string(b)
+	}
+	if !strings.Contains(meta, "may have been written") || !strings.Contains(meta, "they were not written") {
+		t.Errorf("dead-letter records do not tell sent from unsent batches:\n%s", meta)
 	}
 	var dead []string
 	for i := range 3 {
@@ -256,5 +279,23 @@ func TestQuarantineShared(t *testing.T) {
 	}
 	if totalS != 2 || totalQ != 1 {
 		t.Errorf("requests were told %d successful and %d quarantined; upstream said 2 and 1", totalS, totalQ)
+	}
+}
+
+// TestShutdownTimeoutRetainedTellsTheTruth: with a durable store keeping
+// what the drain could not deliver, a waiting client is told its rows are
+// kept and will be delivered, not that they were not written (a client
+// that believed it would retry and duplicate them).
+func TestShutdownTimeoutRetainedTellsTheTruth(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.SetFault(fakebird.Always(fakebird.Response{Status: 500}))
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DrainTimeout: 200 * time.Millisecond, RetainOnShutdown: true})
+	w := putWaiting(t, h.buf, buffer.Key{Datasource: "ds"}, event(1))
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run: %v; want nil, the rows are retained", err)
+	}
+	_, _, f := waitDone(t, w)
+	if f == nil || !f.Retained || f.Status != 503 || !strings.Contains(f.Message, "they are kept and will be delivered") {
+		t.Errorf("told %+v; want 503, retained, saying the rows will be delivered", f)
 	}
 }

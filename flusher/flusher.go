@@ -390,17 +390,26 @@ func (f *Flusher) abandon() error {
 	if lost == 0 {
 		return nil
 	}
-	failure := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout, Retained: f.opts.RetainOnShutdown,
-		Message: "the proxy shut down before these rows were delivered; they were not written"}
 	if f.opts.RetainOnShutdown {
+		retained := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout, Retained: true,
+			Message: "the proxy shut down before upstream acknowledged these rows; they are kept and will be delivered " +
+				"after it restarts (or by another replica), so retrying this request may create duplicates"}
 		for _, b := range f.heldBatches() {
-			b.finishWaiters(Result{}, failure)
+			b.finishWaiters(Result{}, retained)
 		}
 		f.log.Warn("shutdown timeout: undelivered events stay in the spool and will be delivered after the next start",
 			"events", lost, "timeout", f.opts.DrainTimeout.String())
 		return nil
 	}
+	notWritten := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout,
+		Message: "the proxy shut down before these rows were sent upstream; they were not written"}
+	maybeWritten := &buffer.Failure{Status: 503, Reason: reasonShutdownTimeout,
+		Message: "the proxy shut down before upstream acknowledged these rows; an upload of them was started, so they may have been written"}
 	for _, b := range f.heldBatches() {
+		failure := notWritten
+		if b.sent {
+			failure = maybeWritten
+		}
 		f.deadLetter(b, failure)
 		b.finishWaiters(Result{}, failure)
 	}
