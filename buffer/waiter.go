@@ -12,6 +12,10 @@ type Failure struct {
 	Status  int
 	Message string
 	Reason  string
+	// Detail, when set, is the upstream's whole error text, for logs and
+	// dead letters only: it may quote rows (ClickHouse's "before: …"), and
+	// a batch mixes rows of many clients, so clients are told Message.
+	Detail string
 	// Retained means the rows were neither delivered nor dropped: the
 	// process stopped first. A durable store still owes them upstream.
 	Retained bool

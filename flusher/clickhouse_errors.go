@@ -1,6 +1,7 @@
 package flusher
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -122,6 +123,12 @@ var chCodes = map[int]chClass{
 	70:  chBadRows, // CANNOT_CONVERT_TYPE
 	72:  chBadRows, // CANNOT_PARSE_NUMBER
 	117: chBadRows, // INCORRECT_DATA
+	130: chBadRows, // CANNOT_READ_ARRAY_FROM_TEXT
+	190: chBadRows, // SIZES_OF_ARRAYS_DOESNT_MATCH
+	376: chBadRows, // CANNOT_PARSE_UUID
+	// 18.16 answers LOGICAL_ERROR for some ordinary bad values (a string
+	// where an array or a number is expected); retrying cannot help.
+	49: chBadRows, // LOGICAL_ERROR
 	128: chBadRows, // TOO_LARGE_ARRAY_SIZE
 	131: chBadRows, // TOO_LARGE_STRING_SIZE
 	321: chBadRows, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
@@ -164,7 +171,8 @@ var chCodeNames = map[int]string{
 	195: "IP_ADDRESS_NOT_ALLOWED", 291: "DATABASE_ACCESS_DENIED", 497: "ACCESS_DENIED", 516: "AUTHENTICATION_FAILED",
 	6: "CANNOT_PARSE_TEXT", 26: "CANNOT_PARSE_QUOTED_STRING", 27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
 	38: "CANNOT_PARSE_DATE", 41: "CANNOT_PARSE_DATETIME", 53: "TYPE_MISMATCH", 72: "CANNOT_PARSE_NUMBER",
-	117: "INCORRECT_DATA", 159: "TIMEOUT_EXCEEDED", 209: "SOCKET_TIMEOUT", 241: "MEMORY_LIMIT_EXCEEDED",
+	117: "INCORRECT_DATA", 130: "CANNOT_READ_ARRAY_FROM_TEXT", 190: "SIZES_OF_ARRAYS_DOESNT_MATCH",
+	376: "CANNOT_PARSE_UUID", 49: "LOGICAL_ERROR", 159: "TIMEOUT_EXCEEDED", 209: "SOCKET_TIMEOUT", 241: "MEMORY_LIMIT_EXCEEDED",
 	252: "TOO_MANY_PARTS", 319: "UNKNOWN_STATUS_OF_INSERT",
 }
 
@@ -200,45 +208,64 @@ func (e chError) describe() string {
 	return fmt.Sprintf("code %d", e.code)
 }
 
+// chUnknownAttempts bounds the attempts at a batch ClickHouse refuses with
+// a code this file does not know and a 5xx: it may be transient, but if it
+// is not (18.16 answers 500 for many refusals), the batch is dropped after
+// these, not retried forever with its datasource stalled behind it.
+const chUnknownAttempts = 5
+
 // refusal turns a ClickHouse error answer into a *RetryableError or a
 // *StatusError whose status a waiting client receives: 404 for a missing
 // table or database, 403 for refused credentials (as Tinybird answers a bad
-// token), 400 for rows or an insert ClickHouse cannot accept. table is the
-// quoted table being inserted into ("" for other queries).
+// token), 400 for rows or an insert ClickHouse cannot accept, 422 for an
+// insert a materialized view failed after the table was written. table is
+// the quoted table being inserted into ("" for other queries).
+//
+// ClickHouse's error text can quote the rows ("before: …") and a batch
+// mixes the rows of many clients, so a client is told the code and what it
+// means; the text goes to Detail (logs and dead letters) only.
 func (c *ClickHouse) refusal(e chError, table string, rows int) error {
 	what := "query"
 	if table != "" {
 		what = fmt.Sprintf("insert %d rows into %s", rows, table)
 	}
+	refuse := func(status int, msg string) error {
+		return &StatusError{Status: status, Message: msg, Detail: msg + ": " + e.text}
+	}
+	if e.code != 0 && bytes.Contains(e.body, []byte("while pushing to view")) {
+		// The table was written first, then a materialized view failed: a
+		// retry would write the rows again, and so would a replay.
+		return refuse(http.StatusUnprocessableEntity, fmt.Sprintf(
+			"ClickHouse wrote the rows into %s but a materialized view failed (%s); the table may hold them, so they are not retried", table, e.describe()))
+	}
 	switch e.class() {
 	case chMissing:
-		msg := fmt.Sprintf("ClickHouse table %s does not exist (%s): create it, then replay the dead letters", table, e.describe())
 		if e.code == 81 || table == "" {
-			msg = fmt.Sprintf("ClickHouse database %s does not exist (%s): %s", quoteIdent(c.opts.Database), e.describe(), e.text)
+			return refuse(http.StatusNotFound, fmt.Sprintf("ClickHouse database %s does not exist (%s)", quoteIdent(c.opts.Database), e.describe()))
 		}
-		return &StatusError{Status: http.StatusNotFound, Message: msg}
+		return refuse(http.StatusNotFound, fmt.Sprintf("ClickHouse table %s does not exist (%s): create it, then replay the dead letters", table, e.describe()))
 	case chAuth:
-		return &StatusError{Status: http.StatusForbidden, Message: fmt.Sprintf(
-			"ClickHouse refused user %q (%s): %s; check the user in TINYBIRD_BASE_URL, CLICKHOUSE_PASSWORD and the user's grants",
-			c.opts.User, e.describe(), e.text)}
+		return refuse(http.StatusForbidden, fmt.Sprintf(
+			"ClickHouse refused user %q (%s); check the user in TINYBIRD_BASE_URL, CLICKHOUSE_PASSWORD and the user's grants",
+			c.opts.User, e.describe()))
 	case chBadRows:
-		return &StatusError{Status: http.StatusBadRequest, Message: fmt.Sprintf(
-			"ClickHouse cannot parse the rows for %s (%s): %s", table, e.describe(), e.text)}
+		return refuse(http.StatusBadRequest, fmt.Sprintf("ClickHouse cannot parse the rows for %s (%s)", table, e.describe()))
 	case chBadQuery:
-		return &StatusError{Status: http.StatusBadRequest, Message: fmt.Sprintf(
-			"ClickHouse refused to %s (%s): %s", what, e.describe(), e.text)}
+		return refuse(http.StatusBadRequest, fmt.Sprintf("ClickHouse refused to %s (%s)", what, e.describe()))
 	case chRedetect: // Send forgets the detected features
 		return &RetryableError{Status: e.status, Err: fmt.Errorf(
 			"ClickHouse refused a setting to %s (%s): %s; detecting the server's settings again", what, e.describe(), e.text)}
 	case chRetry:
-		return &RetryableError{Status: e.status, Err: fmt.Errorf("%s: ClickHouse answered %d (%s): %s", what, e.status, e.describe(), e.text)}
+		return &RetryableError{Status: e.status, Err: fmt.Errorf("%s: ClickHouse answered %d (%s): %s", what, e.status, e.describe(), e.text),
+			Public: fmt.Sprintf("ClickHouse answered %d (%s)", e.status, e.describe())}
 	}
 	if e.code == 0 {
 		// Not ClickHouse speaking (a proxy in front of it): HTTP rules.
 		return classify(e.status, e.body, e.header, time.Now())
 	}
 	if e.status >= 500 || e.status == http.StatusTooManyRequests {
-		return &RetryableError{Status: e.status, Err: fmt.Errorf("%s: ClickHouse answered %d (%s): %s", what, e.status, e.describe(), e.text)}
+		return &RetryableError{Status: e.status, Err: fmt.Errorf("%s: ClickHouse answered %d (%s): %s", what, e.status, e.describe(), e.text),
+			Public: fmt.Sprintf("ClickHouse answered %d (%s)", e.status, e.describe()), MaxAttempts: chUnknownAttempts}
 	}
-	return &StatusError{Status: e.status, Message: fmt.Sprintf("ClickHouse refused to %s (%s): %s", what, e.describe(), e.text)}
+	return refuse(e.status, fmt.Sprintf("ClickHouse refused to %s (%s)", what, e.describe()))
 }

@@ -109,6 +109,40 @@ func TestClickHouseServer(t *testing.T) {
 		}
 	})
 
+	t.Run("a failing materialized view is a partial write, never retried", func(t *testing.T) {
+		srv.MustQuery(t, "CREATE TABLE analytics.base (id UInt64, d UInt64) ENGINE = MergeTree() ORDER BY id")
+		srv.MustQuery(t, "CREATE TABLE analytics.ratio (r UInt64) ENGINE = MergeTree() ORDER BY r")
+		srv.MustQuery(t, "CREATE MATERIALIZED VIEW analytics.ratio_mv TO analytics.ratio AS SELECT intDiv(id, d) AS r FROM analytics.base")
+		_, err := strict.Send(ctx, chBatch("base", 20, `{"id":1,"d":0}`))
+		var se *StatusError
+		if !errors.As(err, &se) || se.Status != 422 || !strings.Contains(se.Message, "materialized view failed") {
+			t.Fatalf("got %v; want a 422 StatusError (partial write)", err)
+		}
+		if n := strings.TrimSpace(srv.MustQuery(t, "SELECT count() FROM analytics.base")); n != "1" {
+			t.Errorf("base table holds %s rows; the test expects ClickHouse to have written it before the view failed", n)
+		}
+	})
+
+	t.Run("wrong-typed values are refused rows, not retried", func(t *testing.T) {
+		srv.MustQuery(t, "CREATE TABLE analytics.typed (id UInt64, a Array(UInt8), u UUID) ENGINE = MergeTree() ORDER BY id")
+		for _, row := range []string{
+			`{"id":1,"a":"not an array","u":"00000000-0000-0000-0000-000000000000"}`,
+			`{"id":2,"a":[1,"x"],"u":"00000000-0000-0000-0000-000000000000"}`,
+			`{"id":3,"a":[1],"u":"not-a-uuid secret@example.com"}`,
+			`{"id":"secret@example.com"}`,
+		} {
+			_, err := strict.Send(ctx, chBatch("typed", 21, row))
+			var se *StatusError
+			if !errors.As(err, &se) || se.Status != 400 {
+				t.Errorf("%s: got %v; want a 400 StatusError", row, err)
+				continue
+			}
+			if strings.Contains(se.Message, "secret@example.com") {
+				t.Errorf("%s: the client-facing message quotes the row: %q", row, se.Message)
+			}
+		}
+	})
+
 	t.Run("server down then back", func(t *testing.T) {
 		srv.Kill()
 		_, err := strict.Send(ctx, chBatch("events", 8, `{"id":40}`))

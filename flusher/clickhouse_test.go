@@ -91,6 +91,11 @@ func TestClickHouseRefusal(t *testing.T) {
 		{"unknown setting", 404, "Code: 115, e.displayText() = DB::Exception: Unknown setting insert_deduplication_token, e.what() = DB::Exception", true, 0, "detecting the server's settings again"},
 		{"other 5xx code", 500, "Code: 999999. DB::Exception: who knows (SOMETHING) (version 30.1)", true, 0, "who knows"},
 		{"other 4xx code", 400, "Code: 999998. DB::Exception: refused (SOMETHING_ELSE) (version 30.1)", false, 400, "refused"},
+		{"view fails after the table was written", 500, "Code: 153, e.displayText() = DB::Exception: Division by zero: while pushing to view analytics.mv, e.what() = DB::Exception", false, 422, "materialized view failed"},
+		{"view fails to parse", 500, "Code: 38, e.displayText() = DB::Exception: Cannot parse date: value 2 before: x: while pushing to view analytics.mv, e.what() = DB::Exception", false, 422, "may hold them"},
+		{"logical error on a bad value (18.16)", 500, "Code: 49, e.displayText() = DB::Exception: Bad cast from type DB::ColumnString before: secret, e.what() = DB::Exception", false, 400, "LOGICAL_ERROR"},
+		{"array from text", 500, "Code: 130, e.displayText() = DB::Exception: Array does not start with '[' character before: secret, e.what() = DB::Exception", false, 400, "CANNOT_READ_ARRAY_FROM_TEXT"},
+		{"uuid", 500, "Code: 376, e.displayText() = DB::Exception: Cannot parse uuid before: secret, e.what() = DB::Exception", false, 400, "CANNOT_PARSE_UUID"},
 		{"proxy 502", 502, "bad gateway", true, 0, "bad gateway"},
 		{"proxy 429", 429, "slow down", true, 0, "slow down"},
 		{"proxy 403", 403, "forbidden", false, 403, "forbidden"},
@@ -105,6 +110,8 @@ func TestClickHouseRefusal(t *testing.T) {
 			if !tt.wantRetry {
 				if !errors.As(err, &se) || se.Status != tt.wantStatus {
 					t.Errorf("got %#v; want a *StatusError with status %d", err, tt.wantStatus)
+				} else if tt.body != "forbidden" && strings.Contains(se.Message, "before:") {
+					t.Errorf("client message %q quotes the rows", se.Message)
 				}
 			}
 			if !strings.Contains(err.Error(), tt.wantIn) {

@@ -2,6 +2,7 @@ package flusher
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"io"
 	"os"
@@ -60,7 +61,7 @@ func (d *deadLetters) write(b *Batch, f *buffer.Failure, now time.Time) (string,
 	}
 	rec, err := json.Marshal(DeadLetter{
 		Time: now.UTC(), Datasource: b.Key.Datasource, Reason: f.Reason, Status: f.Status,
-		Error: f.Message, Rows: b.Rows, Bytes: b.Bytes, Offset: offset, File: filepath.Base(rowsPath),
+		Error: cmp.Or(f.Detail, f.Message), Rows: b.Rows, Bytes: b.Bytes, Offset: offset, File: filepath.Base(rowsPath),
 	})
 	if err != nil {
 		return "", err

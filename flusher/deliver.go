@@ -1,8 +1,10 @@
 package flusher
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"time"
@@ -47,6 +49,13 @@ func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) 
 			f.lastFailed.Store(time.Now().UnixNano())
 		} else {
 			f.lastOK.Store(time.Now().UnixNano())
+		}
+		var re *RetryableError
+		if retry && errors.As(err, &re) && re.MaxAttempts > 0 && attempt >= re.MaxAttempts {
+			f.drop(b, &StatusError{Status: cmp.Or(re.Status, http.StatusBadGateway),
+				Message: fmt.Sprintf("upstream kept failing after %d attempts: %s", attempt, cmp.Or(re.Public, re.Err.Error())),
+				Detail:  fmt.Sprintf("gave up after %d attempts: %v", attempt, re.Err)}, r)
+			return
 		}
 		if err == nil {
 			f.delivered(b, res, r, attempt, time.Since(start))
@@ -110,7 +119,7 @@ func (f *Flusher) drop(b *Batch, err error, r *result) {
 	failure := &buffer.Failure{Status: http.StatusBadGateway, Message: err.Error(), Reason: reasonUpstreamRejected}
 	var se *StatusError
 	if errors.As(err, &se) {
-		failure.Status, failure.Message = se.Status, se.Message
+		failure.Status, failure.Message, failure.Detail = se.Status, se.Message, se.Detail
 		switch {
 		case se.Status == http.StatusUnprocessableEntity:
 			failure.Reason = reasonUpstreamPartial

@@ -3,12 +3,14 @@ package flusher
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,5 +299,48 @@ func TestShutdownTimeoutRetainedTellsTheTruth(t *testing.T) {
 	_, _, f := waitDone(t, w)
 	if f == nil || !f.Retained || f.Status != 503 || !strings.Contains(f.Message, "they are kept and will be delivered") {
 		t.Errorf("told %+v; want 503, retained, saying the rows will be delivered", f)
+	}
+}
+
+// upstreamFunc is an Upstream that answers with a function: a scripted
+// sender for loop tests that need no HTTP.
+type upstreamFunc func(ctx context.Context, b *Batch) (Result, error)
+
+func (f upstreamFunc) Send(ctx context.Context, b *Batch) (Result, error) { return f(ctx, b) }
+
+// TestBoundedRetriesDrop: a failure that bounds its attempts (an unknown
+// ClickHouse code) drops the batch after them, tells its waiter and frees
+// the datasource for the next batch, instead of retrying forever; the
+// waiter is told the public message, the dead letter the whole error.
+func TestBoundedRetriesDrop(t *testing.T) {
+	var calls atomic.Int32
+	up := upstreamFunc(func(_ context.Context, b *Batch) (Result, error) {
+		if strings.Contains(string(b.parts[0].data), "poison") {
+			calls.Add(1)
+			return Result{}, &RetryableError{Status: 500, MaxAttempts: 3, Public: "ClickHouse answered 500 (code 9999)",
+				Err: errors.New("code 9999: cannot handle row before: secret@example.com")}
+		}
+		return Result{SuccessfulRows: b.Rows}, nil
+	})
+	dir := t.TempDir()
+	h := startFlusher(t, up, Options{FlushInterval: 10 * time.Millisecond, DeadLetterDir: dir})
+	w := putWaiting(t, h.buf, buffer.Key{Datasource: "ds"}, `{"poison":1}`)
+	_, _, f := waitDone(t, w)
+	if f == nil || f.Status != 500 || strings.Contains(f.Message, "secret@example.com") || !strings.Contains(f.Message, "after 3 attempts") {
+		t.Fatalf("waiter told %+v; want 500 after 3 attempts, without the row", f)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("%d attempts; want 3", n)
+	}
+	next := putWaiting(t, h.buf, buffer.Key{Datasource: "ds"}, `{"fine":1}`)
+	if s, _, f := waitDone(t, next); f != nil || s != 1 {
+		t.Errorf("the datasource's next batch: %d rows, %+v; want delivered", s, f)
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	meta, _ := os.ReadFile(filepath.Join(dir, "ds.errors.jsonl"))
+	if !strings.Contains(string(meta), "secret@example.com") || !strings.Contains(string(meta), `"reason":"upstream_rejected"`) {
+		t.Errorf("dead letter record %s; want the whole error and reason upstream_rejected", meta)
 	}
 }

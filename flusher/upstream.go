@@ -1,6 +1,7 @@
 package flusher
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,6 +42,14 @@ type RetryableError struct {
 	Err        error
 	Status     int // 0 for transport errors
 	RetryAfter time.Duration
+	// MaxAttempts, when positive, bounds the attempts at a batch that keeps
+	// failing this way: a failure whose cause is not known to pass (an
+	// unknown ClickHouse error code) is dropped after them, rather than
+	// retried forever while its datasource stalls behind it.
+	MaxAttempts int
+	// Public, when set, is what a waiting client is told if the batch is
+	// dropped; Err's text may quote rows and goes to logs and dead letters.
+	Public string
 }
 
 func (e *RetryableError) Error() string { return e.Err.Error() }
@@ -51,10 +60,13 @@ func (e *RetryableError) Unwrap() error { return e.Err }
 type StatusError struct {
 	Status  int
 	Message string
+	// Detail, when set, is the whole error text for logs and dead letters,
+	// which may quote rows; clients are told Message.
+	Detail string
 }
 
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("upstream answered %d: %s", e.Status, e.Message)
+	return fmt.Sprintf("upstream answered %d: %s", e.Status, cmp.Or(e.Detail, e.Message))
 }
 
 // classify turns an HTTP status and body into nil, a *RetryableError or a
