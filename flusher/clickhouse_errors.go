@@ -128,7 +128,7 @@ var chCodes = map[int]chClass{
 	376: chBadRows, // CANNOT_PARSE_UUID
 	// 18.16 answers LOGICAL_ERROR for some ordinary bad values (a string
 	// where an array or a number is expected); retrying cannot help.
-	49: chBadRows, // LOGICAL_ERROR
+	49:  chBadRows, // LOGICAL_ERROR
 	128: chBadRows, // TOO_LARGE_ARRAY_SIZE
 	131: chBadRows, // TOO_LARGE_STRING_SIZE
 	321: chBadRows, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
