@@ -95,11 +95,11 @@ type ref struct {
 	offset int64
 }
 
-// appendDone appends a record, framed with m, that retires the data
-// records refs name.
-func appendDone(dst []byte, m syncMarker, refs []ref) []byte {
+// appendDone appends a record, framed with marker (a segment's sync
+// marker, or version 1's magic), that retires the data records refs name.
+func appendDone(dst []byte, marker []byte, refs []ref) []byte {
 	start := len(dst)
-	dst = append(dst, m[:]...)
+	dst = append(dst, marker...)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
 	dst = append(dst, kindDone)
 	dst = binary.AppendUvarint(dst, uint64(len(refs)))
@@ -107,7 +107,7 @@ func appendDone(dst []byte, m syncMarker, refs []ref) []byte {
 		dst = binary.AppendUvarint(dst, r.seq)
 		dst = binary.AppendUvarint(dst, uint64(r.offset))
 	}
-	return seal(dst, start, syncLen)
+	return seal(dst, start, len(marker))
 }
 
 // seal fills in the length and CRC of the record that starts at start,
@@ -138,6 +138,7 @@ type scanned struct {
 	done     []ref
 	validEnd int64
 	corrupt  int
+	marker   []byte // what the segment's records are framed with
 }
 
 // scan reads a segment's bytes. A record that fails its checks is skipped
@@ -164,6 +165,7 @@ func scan(b []byte) (scanned, error) {
 		return out, errUnknownVersion
 	}
 	out.validEnd = int64(off)
+	out.marker = bytes.Clone(sync)
 	for off < len(b) {
 		payload, next, ok := frameAt(b, off, sync)
 		if !ok {

@@ -38,7 +38,7 @@ func segmentOf(n int) ([]byte, []int) {
 
 func TestScanRoundTrip(t *testing.T) {
 	b, offs := segmentOf(3)
-	b = appendDone(b, testMarker, []ref{{seq: 7, offset: int64(offs[1])}, {seq: 3, offset: 99}})
+	b = appendDone(b, testMarker[:], []ref{{seq: 7, offset: int64(offs[1])}, {seq: 3, offset: 99}})
 	sc, err := scan(b)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +133,7 @@ func TestScanVersion1(t *testing.T) {
 func forgedFrames() []byte {
 	var out []byte
 	for _, guess := range []syncMarker{{0xF1, 0x7E, 0x5B, 0xC3}, {}, {'T', 'B', 'S', 'P', 'O', 'O', 'L', 2}} {
-		out = appendDone(out, guess, []ref{{seq: 0, offset: headerLen}, {seq: 1, offset: headerLen}})
+		out = appendDone(out, guess[:], []ref{{seq: 0, offset: headerLen}, {seq: 1, offset: headerLen}})
 		out = appendData(out, guess, buffer.Key{Datasource: "../../x"}, lines(`{"forged":1}`))
 	}
 	// And the v1 framing exactly as version 1 wrote it.

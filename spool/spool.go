@@ -88,8 +88,10 @@ type Spool struct {
 	written  uint64 // generation of the last write
 	synced   uint64 // generation known to be on disk
 	syncErr  error
-	done     []ref  // retired records not yet written down in a done record
-	wbuf     []byte // scratch for a done record written with the next append
+	done     []ref      // retired records of cur not yet written down in a done record
+	wbuf     []byte     // scratch for a done record written with the next append
+	dirty    []*segment // sealed segments with retired records not yet written down in them
+	undead   []*segment // segments done with whose file could not be deleted; retried
 	closed   bool
 	bg       sync.WaitGroup // doneLoop and, in FsyncAlways mode, syncLoop
 	bgCancel context.CancelFunc
@@ -107,6 +109,14 @@ type segment struct {
 	pending int
 	sealed  bool
 	gone    bool // its file vanished or was replaced: never delete what is at path now
+	// marker frames the segment's records: this process's for its own,
+	// the header's for one left by an earlier run.
+	marker []byte
+	// done holds offsets of its records retired since they were last
+	// written down; a sealed segment's are appended to its own file, so a
+	// segment's done records never live in another that may be deleted
+	// first.
+	done []int64
 }
 
 // Open prepares dir (creating it, mode 0700: records hold client tokens in
@@ -148,19 +158,42 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	if err != nil {
 		return nil, err
 	}
+	retired := readRetired(opts.Dir, log)
+	for seq := range retired {
+		s.nextSeq = max(s.nextSeq, seq+1) // never reuse a number it lists
+	}
+	skipped := 0
 	for _, name := range names {
 		seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(name), "seg-"), ".spool"), 10, 64)
 		if err != nil {
 			continue
 		}
 		fi, err := os.Stat(name)
+		if err == nil && !fi.Mode().IsRegular() {
+			err = errors.New("not a regular file")
+		}
 		if err != nil {
-			return nil, fmt.Errorf("spool: %w", err)
+			// One entry that cannot be a segment must not keep the others'
+			// acknowledged events from being replayed.
+			log.Error("spool entry named like a segment skipped", "path", name, "err", err)
+			skipped++
+			continue
 		}
 		seg := &segment{seq: seq, path: name, size: fi.Size(), sealed: true}
-		s.old = append(s.old, seg)
 		s.total += seg.size
 		s.nextSeq = max(s.nextSeq, seq+1)
+		if retired[seq] { // done with, but not deleted by the run that finished it
+			if err := os.Remove(name); err != nil {
+				s.undead = append(s.undead, seg)
+			} else {
+				s.total -= seg.size
+			}
+			continue
+		}
+		s.old = append(s.old, seg)
+	}
+	if err := writeRetired(opts.Dir, s.undead); err != nil {
+		log.Error("cannot rewrite the spool's list of retired segments", "err", err)
 	}
 	slices.SortFunc(s.old, func(a, b *segment) int { return int(a.seq - b.seq) })
 	m, err := newMetrics(reg, s)
@@ -168,6 +201,7 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 		return nil, err
 	}
 	s.m = m
+	m.corrupt.Add(float64(skipped))
 	s.mu.Lock()
 	err = s.rollLocked()
 	s.mu.Unlock()
@@ -257,7 +291,7 @@ func (s *Spool) append(rec []byte) (*segment, int64, uint64, error) {
 	// Records retired since the last write go down in the same write.
 	w := rec
 	if len(s.done) > 0 {
-		s.wbuf = appendDone(s.wbuf[:0], s.sync, s.done)
+		s.wbuf = appendDone(s.wbuf[:0], s.sync[:], s.done)
 		w = append(s.wbuf, rec...)
 		s.wbuf = w
 	}
@@ -296,42 +330,131 @@ func (s *Spool) ack(seg *segment, off int64) {
 	s.ackLocked(seg, off)
 }
 
+// ackLocked retires the record of seg at off. Its done record goes to the
+// segment itself: with the next write if seg is the current segment, else
+// appended to its file by flushDoneLocked.
 func (s *Spool) ackLocked(seg *segment, off int64) {
-	s.done = append(s.done, ref{seq: seg.seq, offset: off})
+	if seg == s.cur && seg.f != nil {
+		s.done = append(s.done, ref{seq: seg.seq, offset: off})
+	} else {
+		if len(seg.done) == 0 {
+			s.dirty = append(s.dirty, seg)
+		}
+		seg.done = append(seg.done, off)
+	}
 	seg.pending--
 	if seg.pending <= 0 && seg.sealed {
 		s.removeLocked(seg)
 	}
 }
 
-// flushDoneLocked writes the pending done record to the current segment.
+// flushDoneLocked writes down every retired record not yet written: the
+// current segment's in it, each sealed segment's in its own file, and
+// retries deleting segments whose deletion failed. What cannot be written
+// now is kept for the next call.
 func (s *Spool) flushDoneLocked() {
-	if len(s.done) == 0 || s.closed || s.cur == nil || s.cur.f == nil {
-		return
+	if cur := s.cur; len(s.done) > 0 && cur != nil && cur.f != nil {
+		s.wbuf = appendDone(s.wbuf[:0], s.sync[:], s.done)
+		if _, err := cur.f.Write(s.wbuf); err != nil {
+			_ = cur.f.Truncate(cur.size)
+			_, _ = cur.f.Seek(cur.size, 0)
+			s.m.writeErrors.Inc()
+			s.log.Warn("cannot write a spool done record; will retry", "path", cur.path, "err", err)
+		} else {
+			cur.size += int64(len(s.wbuf))
+			s.total += int64(len(s.wbuf))
+			s.done = s.done[:0]
+		}
 	}
-	s.wbuf = appendDone(s.wbuf[:0], s.sync, s.done)
-	if _, err := s.cur.f.Write(s.wbuf); err != nil {
-		_ = s.cur.f.Truncate(s.cur.size)
-		_, _ = s.cur.f.Seek(s.cur.size, 0)
-		return // kept for the next attempt
+	dirty := s.dirty[:0]
+	for _, seg := range s.dirty {
+		if _, live := s.live[seg.seq]; !live && !slices.Contains(s.undead, seg) {
+			seg.done = nil // deleted: nothing of it can be replayed
+			continue
+		}
+		if err := s.appendDoneTo(seg); err != nil {
+			s.m.writeErrors.Inc()
+			s.log.Warn("cannot write a spool done record; will retry", "path", seg.path, "err", err)
+			dirty = append(dirty, seg)
+		}
 	}
-	s.cur.size += int64(len(s.wbuf))
-	s.total += int64(len(s.wbuf))
-	s.done = s.done[:0]
+	clear(s.dirty[len(dirty):])
+	s.dirty = dirty
+	undead := s.undead[:0]
+	for _, seg := range s.undead {
+		if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			undead = append(undead, seg)
+			continue
+		}
+		s.total -= seg.size
+		s.log.Info("deleted a delivered spool segment on a later try", "path", seg.path)
+	}
+	clear(s.undead[len(undead):])
+	s.undead = undead
 }
 
+// appendDoneTo appends a done record naming seg's retired records to seg's
+// own file, synced unless Fsync is never.
+func (s *Spool) appendDoneTo(seg *segment) error {
+	if len(seg.done) == 0 || seg.gone {
+		seg.done = nil
+		return nil
+	}
+	refs := make([]ref, len(seg.done))
+	for i, off := range seg.done {
+		refs[i] = ref{seq: seg.seq, offset: off}
+	}
+	rec := appendDone(nil, seg.marker, refs)
+	f, err := os.OpenFile(seg.path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(rec)
+	if err == nil && s.opts.Fsync != FsyncNever {
+		err = s.syncFile(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	seg.size += int64(len(rec))
+	s.total += int64(len(rec))
+	seg.done = nil
+	return nil
+}
+
+// removeLocked deletes a segment every record of which is done. A file
+// that cannot be deleted now (an immutable flag, a read-only mount) first
+// gets its done records, so a restart replays none of it, and deleting it
+// is retried every FsyncInterval; it counts in tbproxy_spool_bytes until
+// it is gone.
 func (s *Spool) removeLocked(seg *segment) {
 	if _, ok := s.live[seg.seq]; !ok {
 		return
 	}
 	delete(s.live, seg.seq)
-	s.total -= seg.size
 	if seg.gone {
+		s.total -= seg.size
 		return
 	}
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.log.Error("cannot delete delivered spool segment", "path", seg.path, "err", err)
+		s.m.writeErrors.Inc()
+		s.log.Error("cannot delete delivered spool segment; will retry", "path", seg.path, "err", err)
+		s.undead = append(s.undead, seg)
+		if err := noteRetired(s.opts.Dir, seg.seq); err != nil {
+			// The segment itself then gets its last done records, if
+			// it can take them (an immutable file cannot).
+			s.log.Error("cannot note a retired spool segment; a restart may replay its delivered events", "path", seg.path, "err", err)
+			if len(seg.done) > 0 && !slices.Contains(s.dirty, seg) {
+				s.dirty = append(s.dirty, seg)
+			}
+		}
+		return
 	}
+	s.total -= seg.size
+	seg.done = nil
 }
 
 // maxTakenNames is how many taken segment names a roll skips before it
@@ -343,6 +466,15 @@ const maxTakenNames = 100
 // is not sealed again: the roll only retries the new segment.
 func (s *Spool) rollLocked() error {
 	if old := s.cur; old != nil && old.f != nil {
+		// Its retired records are written down in it from now on by
+		// flushDoneLocked, as for every sealed segment.
+		for _, r := range s.done {
+			if len(old.done) == 0 {
+				s.dirty = append(s.dirty, old)
+			}
+			old.done = append(old.done, r.offset)
+		}
+		s.done = s.done[:0]
 		if s.opts.Fsync == FsyncAlways {
 			// Writers wait on this sync; it must happen before they go on.
 			if err := s.syncFile(old.f); err != nil {
@@ -392,7 +524,7 @@ func (s *Spool) rollLocked() error {
 		return fmt.Errorf("%w: %v", buffer.ErrStorage, err)
 	}
 	s.nextSeq++
-	seg.f, seg.size = f, headerLen
+	seg.f, seg.size, seg.marker = f, headerLen, s.sync[:]
 	s.cur = seg
 	s.live[seg.seq] = seg
 	s.total += headerLen
@@ -519,10 +651,7 @@ func (s *Spool) Replay(ctx context.Context) (int, error) {
 	retired := map[ref]bool{}
 	var good []*segment
 	for _, seg := range s.old {
-		sc, ok, err := s.check(seg)
-		if err != nil {
-			return 0, err
-		}
+		sc, ok := s.check(seg)
 		if !ok {
 			continue
 		}
@@ -547,36 +676,43 @@ func (s *Spool) Replay(ctx context.Context) (int, error) {
 }
 
 // check scans seg, cuts a torn tail off, and counts corrupt records. False
-// means the segment is not ours to replay (another version) and was left.
-func (s *Spool) check(seg *segment) (scanned, bool, error) {
+// means the segment is not ours to replay (unreadable, or another version)
+// and was left in place, logged and counted; the rest are still replayed.
+func (s *Spool) check(seg *segment) (scanned, bool) {
 	b, err := os.ReadFile(seg.path)
-	if err != nil {
-		return scanned{}, false, fmt.Errorf("spool: %w", err)
+	var sc scanned
+	if err == nil {
+		sc, err = scan(b)
 	}
-	sc, err := scan(b)
 	if err != nil {
 		s.m.corrupt.Inc()
 		s.log.Error("spool segment not replayed and left in place", "path", seg.path, "err", err)
 		s.mu.Lock()
 		s.total -= seg.size // not ours to count or delete
 		s.mu.Unlock()
-		return sc, false, nil
+		return sc, false
 	}
 	if sc.corrupt > 0 {
 		s.m.corrupt.Add(float64(sc.corrupt))
 		s.log.Error("spool segment had corrupt records; they were skipped", "path", seg.path, "corrupt_records", sc.corrupt)
 	}
-	if sc.validEnd < int64(len(b)) {
+	size := int64(len(b))
+	if sc.validEnd < size {
+		// Cut it off, so the done records appended later follow a whole
+		// record; if that fails, the reader still finds them by the marker.
 		if err := os.Truncate(seg.path, sc.validEnd); err != nil {
-			return sc, false, fmt.Errorf("spool: cut torn tail of %s: %w", seg.path, err)
+			s.log.Error("cannot cut the torn tail off a spool segment", "path", seg.path, "err", err)
+		} else {
+			s.log.Warn("spool segment ended in a torn record; cut it off", "path", seg.path, "bytes", size-sc.validEnd)
+			size = sc.validEnd
 		}
-		s.log.Warn("spool segment ended in a torn record; cut it off", "path", seg.path, "bytes", int64(len(b))-sc.validEnd)
 	}
 	s.mu.Lock()
-	s.total += sc.validEnd - seg.size
-	seg.size = sc.validEnd
+	s.total += size - seg.size
+	seg.size = size
+	seg.marker = sc.marker
 	s.mu.Unlock()
-	return sc, true, nil
+	return sc, true
 }
 
 func (s *Spool) replaySegment(ctx context.Context, seg *segment, retired map[ref]bool) (int, error) {
@@ -689,9 +825,7 @@ func (s *Spool) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.cur
-	s.closed = false // let the last done record be written
 	s.flushDoneLocked()
-	s.closed = true
 	err := s.syncFile(cur.f)
 	if cerr := cur.f.Close(); err == nil {
 		err = cerr
@@ -704,4 +838,67 @@ func (s *Spool) Close() error {
 		err = cerr
 	}
 	return err
+}
+
+// retiredName is the file in the spool directory that lists, one number a
+// line, segments every record of which is done but whose file could not be
+// deleted (an immutable flag, a read-only remount): a restart deletes them,
+// or skips them if it cannot, and never replays them.
+const retiredName = "retired"
+
+// readRetired returns the segment numbers the retired file lists; an
+// unreadable file lists none (logged).
+func readRetired(dir string, log *slog.Logger) map[uint64]bool {
+	out := map[uint64]bool{}
+	b, err := os.ReadFile(filepath.Join(dir, retiredName))
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			log.Error("cannot read the spool's list of retired segments", "err", err)
+		}
+		return out
+	}
+	for line := range strings.Lines(string(b)) {
+		if seq, err := strconv.ParseUint(strings.TrimSpace(line), 10, 64); err == nil {
+			out[seq] = true
+		}
+	}
+	return out
+}
+
+// noteRetired appends seq to the retired file, synced.
+func noteRetired(dir string, seq uint64) error {
+	f, err := os.OpenFile(filepath.Join(dir, retiredName), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(strconv.FormatUint(seq, 10) + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// writeRetired replaces the retired file with the segments still on disk,
+// or removes it when there are none.
+func writeRetired(dir string, segs []*segment) error {
+	path := filepath.Join(dir, retiredName)
+	if len(segs) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	var b []byte
+	for _, seg := range segs {
+		b = strconv.AppendUint(b, seg.seq, 10)
+		b = append(b, '\n')
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

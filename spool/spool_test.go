@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -376,4 +377,149 @@ func TestReplayChecksRecords(t *testing.T) {
 	if left := segments(t, dir); len(left) != 0 {
 		t.Errorf("segments left %v; want none: the skipped records are retired too", left)
 	}
+}
+
+// TestCleanRestartReplaysOnlyWhatIsOwed: with one datasource stuck (its
+// first record never delivered) while later segments are delivered and
+// deleted, a clean restart replays the stuck record and nothing that was
+// delivered: a segment's done records live in the segment itself, never in
+// a later one that is deleted first.
+func TestCleanRestartReplaysOnlyWhatIsOwed(t *testing.T) {
+	for _, mode := range []Fsync{FsyncAlways, FsyncInterval, FsyncNever} {
+		t.Run(fmt.Sprint(mode), func(t *testing.T) {
+			dir := t.TempDir()
+			buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+			s := open(t, dir, buf, Options{Fsync: mode, SegmentBytes: 300, FsyncInterval: 5 * time.Millisecond})
+			if err := s.PutWaiting(buffer.Key{Datasource: "stuck"}, lines(`{"stuck":1}`), nil); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 40 {
+				if err := s.PutWaiting(buffer.Key{Datasource: "ok"}, lines(fmt.Sprintf(`{"ok":%d,"pad":"%s"}`, i, strings.Repeat("x", 40))), nil); err != nil {
+					t.Fatal(err)
+				}
+				if i%5 == 4 { // the flusher delivers all but the stuck one as it goes
+					for _, e := range buf.Take(nil) {
+						if e.Key.Datasource == "stuck" {
+							defer buf.Release(e.Key, e.Rows, e.Data) // never delivered
+							continue
+						}
+						e.Waiter.AddPart()
+						e.Waiter.Finish(e.Rows, 0, nil)
+						buf.Release(e.Key, e.Rows, e.Data)
+					}
+					time.Sleep(10 * time.Millisecond) // let done records be written down as time passes
+				}
+			}
+			if n := len(segments(t, dir)); n < 2 {
+				t.Fatalf("%d segments; the test needs the stuck one and a current one", n)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			buf2 := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+			s2 := open(t, dir, buf2, Options{Fsync: mode})
+			n, err := s2.Replay(context.Background())
+			got := buf2.Take(nil)
+			if err != nil || n != 1 || len(got) != 1 || got[0].Key.Datasource != "stuck" {
+				var ds []string
+				for _, e := range got {
+					ds = append(ds, e.Key.Datasource+":"+strings.TrimSpace(string(e.Data)))
+				}
+				t.Fatalf("replayed %d events (%v): %v; want only the stuck one", n, err, ds)
+			}
+			s2.Close()
+		})
+	}
+}
+
+// TestUndeletableSegmentRetried: a segment whose file cannot be deleted
+// when it is done (chattr +i here) stays counted in tbproxy_spool_bytes,
+// its deletion is retried until it succeeds, and a restart meanwhile
+// replays none of its delivered events.
+func TestUndeletableSegmentRetried(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{SegmentBytes: 300, FsyncInterval: 5 * time.Millisecond})
+	for i := range 10 {
+		if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", 40))), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs := segments(t, dir)
+	if len(segs) < 2 {
+		t.Fatalf("%d segments; want a sealed one", len(segs))
+	}
+	first := segs[0]
+	if out, err := exec.Command("chattr", "+i", first).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", first).Run() })
+	if n := deliver(buf, nil); n != 10 {
+		t.Fatalf("delivered %d", n)
+	}
+	if _, err := os.Stat(first); err != nil {
+		t.Fatalf("the immutable segment is gone: %v", err)
+	}
+	s.mu.Lock()
+	got := s.total // tbproxy_spool_bytes
+	s.mu.Unlock()
+	if got < fileSize(t, first) {
+		t.Errorf("tbproxy_spool_bytes = %d with an undeleted segment of %d bytes on disk", got, fileSize(t, first))
+	}
+	// A clean restart while it is still there replays nothing.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	buf2 := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+	s2 := open(t, dir, buf2, Options{FsyncInterval: 5 * time.Millisecond})
+	if n, err := s2.Replay(context.Background()); n != 0 || err != nil {
+		t.Fatalf("replayed %d (%v) delivered events; want 0", n, err)
+	}
+	if err := exec.Command("chattr", "-i", first).Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(first); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the segment was never deleted once it could be")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s2.Close()
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// TestUnreadableEntrySkipped: a directory named like a segment is skipped
+// and counted; the real segments beside it are still replayed.
+func TestUnreadableEntrySkipped(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{})
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{"kept":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	die(s)
+	if err := os.Mkdir(filepath.Join(dir, "seg-0000000000000099.spool"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s2 := open(t, dir, buf2, Options{})
+	if n, err := s2.Replay(context.Background()); n != 1 || err != nil {
+		t.Fatalf("replayed %d (%v); want the real segment's event", n, err)
+	}
+	if got := testutil.ToFloat64(s2.m.corrupt); got != 1 {
+		t.Errorf("corrupt = %v; want the skipped entry counted", got)
+	}
+	s2.Close()
 }
