@@ -544,3 +544,24 @@ func TestE2EQueueForgedMessages(t *testing.T) {
 		t.Error("the unterminated message was not logged")
 	}
 }
+
+// TestE2EQueueStockMaxPayload: against a stock nats-server (max_payload 1
+// MB, below the default MAX_BODY_BYTES), the proxy says so at start, and a
+// body too large for one message gets a 413 naming max_payload, not "more
+// than the proxy's whole buffer"; smaller bodies are accepted.
+func TestE2EQueueStockMaxPayload(t *testing.T) {
+	t.Parallel()
+	ns := natstest.StartStock(t, true)
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+	p := startProxy(t, queueEnv(fb, ns.URL()))
+	p.waitLog("nats-server's max_payload is below MAX_BODY_BYTES")
+	big := post{ds: "big", token: clientToken}
+	for i := range 2000 {
+		big.lines = append(big.lines, fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("x", 900)))
+	}
+	r, err := big.send(newClient(false), p.base)
+	if err != nil || r.status != http.StatusRequestEntityTooLarge || !strings.Contains(string(r.body), "max_payload") {
+		t.Fatalf("a 1.9 MB body: got %v %d %s; want 413 naming max_payload", err, r.status, r.body)
+	}
+	post{ds: "small", token: clientToken, lines: []string{`{"a":1}`}}.mustAccept(t, newClient(false), p.base)
+}

@@ -40,6 +40,7 @@ func openQueue(cfg config.Config, buf *buffer.Buffer, fl *flusher.Flusher, reg p
 		TLSCA:         cfg.QueueTLSCA,
 		WaitTimeout:   cfg.WaitTimeout,
 		ClientTokens:  !cfg.ProxyTokenMode(),
+		MaxBodyBytes:  int(cfg.MaxBodyBytes),
 		MaxTokenBytes: int(cfg.MaxTokenBytes),
 		DeadLetter:    fl.DeadLetter,
 	}, reg, log)

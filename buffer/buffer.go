@@ -22,6 +22,16 @@ var ErrFull = errors.New("buffer: full")
 // whole buffer could ever hold, so retrying it cannot succeed (HTTP 413).
 var ErrTooLarge = errors.New("buffer: request larger than the buffer")
 
+// TooLargeError is ErrTooLarge from a store whose own limit is smaller than
+// the buffer's (the JetStream queue's message size): Limit names it, for
+// the client's error.
+type TooLargeError struct {
+	Limit string // e.g. "the queue's message limit (nats-server max_payload, 1048576 bytes)"
+}
+
+func (e *TooLargeError) Error() string { return "buffer: request larger than " + e.Limit }
+func (e *TooLargeError) Unwrap() error { return ErrTooLarge }
+
 // ErrClosed reports a Put after Close (HTTP 503: the process is draining).
 var ErrClosed = errors.New("buffer: closed")
 

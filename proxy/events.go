@@ -94,7 +94,11 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonBufferFull, bodyBufferFull, len(lines))
 		return
 	case errors.Is(err, buffer.ErrTooLarge):
-		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooManyEvents, len(lines))
+		body := bodyTooManyEvents
+		if tl := (*buffer.TooLargeError)(nil); errors.As(err, &tl) {
+			body = errorBody("request larger than " + tl.Limit + "; split it into smaller requests")
+		}
+		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, body, len(lines))
 		return
 	case errors.Is(err, buffer.ErrDenied):
 		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, bodyDeniedToken, len(lines))

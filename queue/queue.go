@@ -45,6 +45,9 @@ const (
 	hdrReply = "Tbproxy-Reply"
 )
 
+// messageOverhead is room kept in a message for its headers.
+const messageOverhead = 1024
+
 // Options configure a Queue. Zero values are replaced by the defaults noted.
 type Options struct {
 	// URLs are the NATS servers, comma-separated (nats://h1:4222,nats://h2:4222).
@@ -80,6 +83,9 @@ type Options struct {
 	// SetupTimeout bounds connecting and creating the stream and consumer
 	// at Open (default 15s).
 	SetupTimeout time.Duration
+	// MaxBodyBytes is the proxy's MAX_BODY_BYTES: Open warns when the
+	// server's max_payload cannot carry a request that large.
+	MaxBodyBytes int
 	// ClientTokens says requests carry the client's own token (pass-through
 	// mode). A message read from the stream must then carry one, else none:
 	// the proxy never publishes anything else.
@@ -218,6 +224,10 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 		nc.Close()
 		return nil, err
 	}
+	if mp := nc.MaxPayload(); opts.MaxBodyBytes > 0 && int64(opts.MaxBodyBytes)+messageOverhead > mp {
+		log.Warn("nats-server's max_payload is below MAX_BODY_BYTES: larger requests will get 413; raise max_payload in the server's configuration (up to 64MB) or lower MAX_BODY_BYTES",
+			"max_payload", mp, "max_body_bytes", opts.MaxBodyBytes)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	q.stopBG = cancel
 	q.bg.Go(func() { q.housekeeping(ctx) })
@@ -295,9 +305,9 @@ func (q *Queue) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 	for _, l := range lines {
 		size += len(l)
 	}
-	if int64(size)+1024 > q.nc.MaxPayload() {
+	if mp := q.nc.MaxPayload(); int64(size)+messageOverhead > mp {
 		q.m.publishes.WithLabelValues(resultTooLarge).Inc()
-		return buffer.ErrTooLarge
+		return &buffer.TooLargeError{Limit: fmt.Sprintf("the queue's message limit (nats-server max_payload, %d bytes)", mp)}
 	}
 	msg := nats.NewMsg(q.opts.Subject + "." + key.Datasource)
 	data := make([]byte, 0, size)
@@ -349,7 +359,7 @@ func (q *Queue) publish(msg *nats.Msg) error {
 	}
 	if errors.Is(err, nats.ErrMaxPayload) {
 		q.m.publishes.WithLabelValues(resultTooLarge).Inc()
-		return buffer.ErrTooLarge
+		return &buffer.TooLargeError{Limit: fmt.Sprintf("the queue's message limit (nats-server max_payload, %d bytes)", q.nc.MaxPayload())}
 	}
 	q.m.publishes.WithLabelValues(resultError).Inc()
 	return fmt.Errorf("%w: publish to stream %s: %v", buffer.ErrStorage, q.opts.Stream, err)

@@ -49,6 +49,14 @@ type Cluster struct {
 // killed when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartStock(t, false)
+}
+
+// StartStock is Start; with stock set, the server keeps nats-server's
+// default max_payload (1 MB) instead of one above the proxy's default
+// MAX_BODY_BYTES.
+func StartStock(t testing.TB, stock bool) *Server {
+	t.Helper()
 	bin := binary(t)
 	for attempt := 0; ; attempt++ { // a free port can be taken before the server binds it
 		ports, err := freePorts(2)
@@ -56,6 +64,9 @@ func Start(t testing.TB) *Server {
 			t.Fatal(err)
 		}
 		s := newServer(t, bin, "n1", ports[0], ports[1], "")
+		if stock {
+			s.config = strings.Replace(s.config, "max_payload: 12MB\n", "", 1)
+		}
 		if err = s.start(); err == nil {
 			return s
 		}
