@@ -19,6 +19,7 @@ import (
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/config"
 	"github.com/tbproxy/tbproxy/flusher"
+	"github.com/tbproxy/tbproxy/internal/ndjson"
 )
 
 // replay sends a dead-letter file (or any NDJSON file) through the normal
@@ -59,6 +60,16 @@ func replay(args []string) int {
 	if _, clickhouse := cfg.ClickHouse(); !fileSink && !clickhouse && !cfg.ProxyTokenMode() {
 		fmt.Fprintln(os.Stderr, "tbproxy replay: set TINYBIRD_TOKEN to the token to write with (dead letters never store tokens)")
 		return 2
+	}
+	// The whole file is checked before anything is sent: a replay that
+	// stopped half way on a bad line could not be rerun without
+	// duplicating what it had sent.
+	if n, err := checkFile(file, int(cfg.MaxBodyBytes)); err != nil {
+		fmt.Fprintf(os.Stderr, "tbproxy replay: nothing was sent: %v\n", err)
+		return 2
+	} else if n == 0 {
+		fmt.Fprintf(os.Stderr, "tbproxy replay: %s holds no rows\n", file)
+		return 0
 	}
 	log := newLogger(cfg)
 	up, err := newUpstream(cfg, log)
@@ -103,6 +114,40 @@ func replay(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// checkFile reads file through and returns how many rows it holds, or the
+// first line that is longer than maxLine or not one JSON object (blank
+// lines are skipped, as in a request).
+func checkFile(file string, maxLine int) (int, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), maxLine+1)
+	rows, n := 0, 0
+	for sc.Scan() {
+		n++
+		line := sc.Bytes()
+		switch {
+		case len(bytes.TrimSpace(line)) == 0:
+		case len(line) > maxLine:
+			return rows, fmt.Errorf("%s line %d is longer than MAX_BODY_BYTES (%d bytes)", file, n, maxLine)
+		case !ndjson.Object(line):
+			return rows, fmt.Errorf("%s line %d is not a JSON object", file, n)
+		default:
+			rows++
+		}
+	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		return rows, fmt.Errorf("%s line %d is longer than MAX_BODY_BYTES (%d bytes)", file, n+1, maxLine)
+	}
+	if err := sc.Err(); err != nil {
+		return rows, fmt.Errorf("read %s: %w", file, err)
+	}
+	return rows, nil
 }
 
 // feed puts every line of file into buf under key, waiting while the buffer

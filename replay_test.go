@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,5 +69,44 @@ func TestE2EReplay(t *testing.T) {
 	delete(env, "TINYBIRD_TOKEN")
 	if code, _ := runReplay(t, env, file); code != 2 {
 		t.Errorf("replay without TINYBIRD_TOKEN exited %d; want 2", code)
+	}
+}
+
+// TestE2EReplayChecksTheWholeFileFirst: a file with a bad line anywhere (not
+// a JSON object, or longer than MAX_BODY_BYTES) is refused before anything
+// is sent, so rerunning it after a fix duplicates nothing; a -datasource
+// that is not a datasource name is refused too, and writes nothing.
+func TestE2EReplayChecksTheWholeFileFirst(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+	env := map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "TINYBIRD_TOKEN": upstreamToken, "FLUSH_INTERVAL": "50",
+		"LOG_FORMAT": "json", "MAX_BODY_BYTES": "1KiB", "BUFFER_SIZE": "1000", "REQUEST_MEMORY_BYTES": "1MiB"}
+	good := strings.Repeat(`{"a":1}`+"\n", 1500) // more than one batch of 1000
+	for name, content := range map[string]string{
+		"bad_json.ndjson": good + "not json\n",
+		"long.ndjson":     good + `{"pad":"` + strings.Repeat("x", 2000) + `"}` + "\n",
+	} {
+		file := filepath.Join(dir, name)
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, stderr := runReplay(t, env, file)
+		if code != 2 || !strings.Contains(stderr, "nothing was sent") || !strings.Contains(stderr, "line 1501") {
+			t.Errorf("%s: exit %d, %s; want 2 naming line 1501", name, code, stderr)
+		}
+	}
+	if n := fb.RequestCount(); n != 0 {
+		t.Errorf("upstream got %d requests from files refused before sending", n)
+	}
+	sink := filepath.Join(dir, "sink")
+	file := filepath.Join(dir, "ok.ndjson")
+	os.WriteFile(file, []byte(`{"a":1}`+"\n"), 0o600)
+	code, _ := runReplay(t, map[string]string{"TINYBIRD_BASE_URL": "file://" + sink}, "-datasource", "../x", file)
+	if code != 2 {
+		t.Errorf("-datasource ../x: exit %d; want 2", code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x.ndjson")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("-datasource ../x wrote outside the sink (%v)", err)
 	}
 }
