@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -238,7 +239,11 @@ func TestRollFailureRecovers(t *testing.T) {
 		t.Run(fmt.Sprint(mode), func(t *testing.T) {
 			dir := t.TempDir()
 			buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
-			s := open(t, dir, buf, Options{Fsync: mode, SegmentBytes: 256})
+			var logs bytes.Buffer // written under the spool's lock only
+			s, err := Open(buf, Options{Dir: dir, Fsync: mode, SegmentBytes: 256}, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
 			key := buffer.Key{Datasource: "ds"}
 			line := lines(fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 100)))
 			if err := s.PutWaiting(key, line, nil); err != nil {
@@ -257,7 +262,6 @@ func TestRollFailureRecovers(t *testing.T) {
 				}
 				squatted = append(squatted, next)
 			}
-			var err error
 			for range 5 { // fill the segment until a roll is needed
 				if err = s.PutWaiting(key, line, nil); err != nil {
 					break
@@ -268,6 +272,12 @@ func TestRollFailureRecovers(t *testing.T) {
 			}
 			if err := s.PutWaiting(key, line, nil); !errors.Is(err, buffer.ErrStorage) {
 				t.Fatalf("again: got %v; want ErrStorage", err)
+			}
+			s.mu.Lock()
+			logged := strings.Contains(logs.String(), "cannot start a new spool segment")
+			s.mu.Unlock()
+			if !logged {
+				t.Errorf("a failed segment switch was not logged: %q", logs.String())
 			}
 			for _, name := range squatted[2*maxTakenNames:] {
 				if err := os.Remove(name); err != nil {
