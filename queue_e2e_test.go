@@ -458,7 +458,11 @@ func TestE2EQueueMaxDeliver(t *testing.T) {
 	b := startProxy(t, env()) // gets delivery 2 after the ack wait: the last one allowed
 	var rows []byte
 	for i := 0; i < 150 && len(rows) == 0; i++ { // the redelivery comes after QUEUE_ACK_WAIT (2s)
-		rows, _ = os.ReadFile(filepath.Join(dead, "md.ndjson"))
+		var err error
+		rows, err = os.ReadFile(filepath.Join(dead, "md.ndjson"))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
 		if len(rows) == 0 {
 			time.Sleep(100 * time.Millisecond)
 		}

@@ -168,7 +168,7 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 	}
 	// Refuse early, without copying, when the buffer is visibly full: under
 	// overload this keeps the refusal path free of large allocations.
-	if int(b.events.Load())+n > b.maxEvents || int(b.bytes.Load())+size > b.maxBytes {
+	if !b.fits(int(b.events.Load()), int(b.bytes.Load()), n, size) {
 		if b.isClosed() {
 			return ErrClosed
 		}
@@ -188,7 +188,7 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 	case b.closed:
 		err = ErrClosed
 	case err != nil:
-	case b.heldEvents+n > b.maxEvents || b.heldBytes+size+extra > b.maxBytes:
+	case !b.fits(b.heldEvents, b.heldBytes, n, size+extra):
 		err = ErrFull
 	}
 	if err != nil {
@@ -206,6 +206,13 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 
 	b.kick()
 	return nil
+}
+
+// fits reports whether n more events of size bytes fit beside events and
+// bytes held. Both admission checks use it: the early one, which spares a
+// copy under overload, and the authoritative one under the lock.
+func (b *Buffer) fits(events, bytes, n, size int) bool {
+	return events+n <= b.maxEvents && bytes+size <= b.maxBytes
 }
 
 // Take moves every queued entry to the caller and returns them. The entries

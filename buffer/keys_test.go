@@ -64,3 +64,30 @@ func TestMaxDatasourcesHeld(t *testing.T) {
 		t.Fatalf("second name once the first is gone: %v", err)
 	}
 }
+
+// TestAdmissionCountsTheWholeRequest: a request is admitted only if all of
+// its events and bytes fit beside what is held, never past the limits, even
+// when what is held alone is under them.
+func TestAdmissionCountsTheWholeRequest(t *testing.T) {
+	b := New(Options{MaxEvents: 10, MaxBytes: 1 << 20})
+	eight := lines(`{}`, `{}`, `{}`, `{}`, `{}`, `{}`, `{}`, `{}`)
+	if err := b.Put(Key{Datasource: "ds"}, eight); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(Key{Datasource: "ds"}, lines(`{}`, `{}`, `{}`)); !errors.Is(err, ErrFull) {
+		t.Fatalf("8 held, 3 more of 10: got %v; want ErrFull", err)
+	}
+	if err := b.Put(Key{Datasource: "ds"}, lines(`{}`, `{}`)); err != nil {
+		t.Fatalf("8 held, 2 more of 10: got %v; want them admitted", err)
+	}
+	by := New(Options{MaxEvents: 100, MaxBytes: 100})
+	if err := by.Put(Key{Datasource: "d"}, lines(strings.Repeat("x", 80))); err != nil { // 81 + 1 bytes
+		t.Fatal(err)
+	}
+	if err := by.Put(Key{Datasource: "d"}, lines(strings.Repeat("x", 20))); !errors.Is(err, ErrFull) {
+		t.Fatalf("82 bytes held, 21 more of 100: got %v; want ErrFull", err)
+	}
+	if s := by.Stats(); s.Bytes > 100 || b.Stats().Events > 10 {
+		t.Errorf("held past the limits: %+v, %+v", s, b.Stats())
+	}
+}

@@ -262,11 +262,16 @@ func TestShutdownTimeoutTellsWaitersAndDeadLetters(t *testing.T) {
 func TestQuarantineShared(t *testing.T) {
 	fb := fakebird.NewTB(t, fakebird.Options{})
 	fb.Script(fakebird.Response{Status: 200, Body: `{"successful_rows":2,"quarantined_rows":1}`})
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 200 * time.Millisecond})
+	// No interval passes: the drain at stop sends the three requests' rows
+	// as one batch, whatever the machine's speed.
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour})
 	ws := []*buffer.Waiter{
 		putWaiting(t, h.buf, buffer.Key{Token: "t", Datasource: "ds"}, event(1)),
 		putWaiting(t, h.buf, buffer.Key{Token: "t", Datasource: "ds"}, event(2)),
 		putWaiting(t, h.buf, buffer.Key{Token: "t", Datasource: "ds"}, event(3)),
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
 	}
 	totalS, totalQ := 0, 0
 	for i, w := range ws {

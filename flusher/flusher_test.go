@@ -191,12 +191,14 @@ func TestBatchCutByBytes(t *testing.T) {
 	}
 }
 
+// TestBatchCutByInterval: a batch far below BatchRows and BatchBytes is
+// sent once FlushInterval passes (nothing else would send it: the loop is
+// not draining). One Put, so no timing window decides the batch count.
 func TestBatchCutByInterval(t *testing.T) {
 	fb := fakebird.NewTB(t, fakebird.Options{})
 	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 50 * time.Millisecond})
-	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1))
-	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(2), event(3))
-	waitRows(t, fb, 3) // far below BatchRows and BatchBytes: only the interval sends them
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2), event(3))
+	waitRows(t, fb, 3)
 	if n := fb.RequestCount(); n != 1 {
 		t.Errorf("got %d upstream requests; want the 3 events in 1", n)
 	}
@@ -218,6 +220,14 @@ func TestRetriesThrough429And500(t *testing.T) {
 	}
 	if got := fb.StatusCounts(); got[429] != 1 || got[500] != 1 || got[200] != 1 {
 		t.Errorf("upstream statuses: got %v; want one each of 429, 500, 200", got)
+	}
+	// Upstream's Retry-After wins over the flusher's 5 ms backoff: the
+	// retry comes no sooner than it asked (a lower bound, which a slow
+	// machine cannot break).
+	if reqs := fb.Requests(); len(reqs) >= 2 {
+		if gap := reqs[1].Time.Sub(reqs[0].Time); gap < 900*time.Millisecond {
+			t.Errorf("retried %v after a 429 with Retry-After: 1; want at least 1s", gap)
+		}
 	}
 	if n := fb.RowCount(); n != 2 {
 		t.Errorf("got %d rows; want 2 (no duplicates)", n)

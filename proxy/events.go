@@ -83,9 +83,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		for _, l := range lines {
 			size += len(l)
 		}
-		// Integer seconds: the OTel exporter parses Retry-After with Atoi,
-		// the old Python SDK with int() (tinybird-events-api.md §7).
-		secs := strconv.Itoa(int((s.buf.RetryAfter(len(lines), size) + time.Second - 1) / time.Second))
+		secs := retryAfterSeconds(s.buf.RetryAfter(len(lines), size))
 		h := &ctx.Response.Header
 		h.Set(fasthttp.HeaderRetryAfter, secs)
 		h.Set("X-RateLimit-Limit", strconv.Itoa(s.buf.Stats().MaxEvents))
@@ -156,6 +154,14 @@ func writeSuccess(ctx *fasthttp.RequestCtx, status, successful, quarantined int)
 	ctx.SetStatusCode(status)
 	var b [80]byte
 	ctx.SetBody(successBody(b[:0], successful, quarantined))
+}
+
+// retryAfterSeconds renders d for Retry-After as whole seconds, rounded
+// up so a client never comes back before there is room. Integer seconds:
+// the OTel exporter parses Retry-After with Atoi, the old Python SDK with
+// int() (tinybird-events-api.md §7).
+func retryAfterSeconds(d time.Duration) string {
+	return strconv.Itoa(int((d + time.Second - 1) / time.Second))
 }
 
 // isTrue reads a boolean query parameter as clients send it ("true", "1").

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	json "github.com/goccy/go-json"
 	"github.com/klauspost/compress/gzip"
@@ -317,5 +319,46 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	if strings.Contains(res.body, clientToken) {
 		t.Errorf("/metrics contains a token")
+	}
+}
+
+func TestRetryAfterSeconds(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		time.Second: "1", 1001 * time.Millisecond: "2", 3500 * time.Millisecond: "4", time.Minute: "60",
+	} {
+		if got := retryAfterSeconds(d); got != want {
+			t.Errorf("retryAfterSeconds(%s) = %q; want %q", d, got, want)
+		}
+	}
+}
+
+// TestRetryAfterFollowsTheDrain: a client refused by a full buffer that
+// drains slowly is told to come back when there will be room, not in 1s.
+func TestRetryAfterFollowsTheDrain(t *testing.T) {
+	ts := startServer(t, Options{}, buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	one := []byte(`{}`)
+	for range 100 {
+		if res := ts.do(t, "POST", "/v0/events?name=ds", nil, one); res.status != 202 {
+			t.Fatalf("filling: got %d", res.status)
+		}
+	}
+	held := ts.buf.Take(nil)
+	// Drain 10 events a second for three seconds, refilling what drains.
+	for range 3 {
+		time.Sleep(1100 * time.Millisecond)
+		for _, e := range held[:10] {
+			ts.buf.Release(e.Key, e.Rows, e.Data)
+		}
+		held = held[10:]
+		for range 10 {
+			ts.do(t, "POST", "/v0/events?name=ds", nil, one)
+		}
+		held = append(held, ts.buf.Take(nil)...)
+	}
+	res := ts.do(t, "POST", "/v0/events?name=ds", nil, bytes.Repeat([]byte("{}\n"), 50))
+	secs, err := strconv.Atoi(res.header.Get("Retry-After"))
+	if res.status != 429 || err != nil || secs < 3 || res.header.Get("X-RateLimit-Reset") != res.header.Get("Retry-After") {
+		t.Errorf("50 events over a full buffer draining ~10/s: got %d, Retry-After %q, reset %q; want 429 and at least 3s",
+			res.status, res.header.Get("Retry-After"), res.header.Get("X-RateLimit-Reset"))
 	}
 }

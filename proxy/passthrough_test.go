@@ -182,6 +182,30 @@ func TestPassthroughPassesClientToken(t *testing.T) {
 	if r := requests()[0]; r.query != "token=client-own&q=1" {
 		t.Errorf("upstream saw query %q; want the client's token untouched", r.query)
 	}
+	// A read with the token in the header, as SDKs send it.
+	ts.do(t, "GET", "/v0/pipes/x.json?q=2", map[string]string{"Authorization": "Bearer client-own"}, nil)
+	if r := requests()[1]; r.auth != "Bearer client-own" {
+		t.Errorf("upstream saw Authorization %q; want the client's own", r.auth)
+	}
+}
+
+// TestEveryConfiguredTokenWorks: each of AUTHORIZATION_TOKEN's tokens is
+// accepted, wherever it stands in the list, for events and the passthrough.
+func TestEveryConfiguredTokenWorks(t *testing.T) {
+	api, _ := fakeAPI(t)
+	tokens := []string{"first-token", "middle-token", "last-token"}
+	ts := startServer(t, Options{Tokens: tokens, Passthrough: PassthroughOptions{BaseURL: api.URL, Token: "up"}}, buffer.Options{})
+	for _, tok := range tokens {
+		if res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Authorization": "Bearer " + tok}, []byte(`{}`)); res.status != 202 {
+			t.Errorf("events with %s: got %d; want 202", tok, res.status)
+		}
+		if res := ts.do(t, "GET", "/v0/pipes/x.json?token="+tok, nil, nil); res.status != 201 {
+			t.Errorf("passthrough with %s: got %d; want 201", tok, res.status)
+		}
+	}
+	if res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Authorization": "Bearer first-tokenX"}, []byte(`{}`)); res.status != 403 {
+		t.Errorf("a token not configured: got %d; want 403", res.status)
+	}
 }
 
 func TestPassthroughUpstreamDown(t *testing.T) {

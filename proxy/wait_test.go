@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -42,9 +43,14 @@ func startDeliveringBuffer(t *testing.T, fb *fakebird.Server, opts Options, fopt
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = fl.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	done := make(chan error, 1)
+	go func() { done <- fl.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, flusher.ErrUndelivered) {
+			t.Errorf("flusher Run: %v", err)
+		}
+	})
 	return ts
 }
 

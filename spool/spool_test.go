@@ -146,15 +146,17 @@ func TestRetainedAtShutdown(t *testing.T) {
 func TestRefusedRequestNotReplayed(t *testing.T) {
 	dir := t.TempDir()
 	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
-	s := open(t, dir, buf, Options{})
+	// No background write-down: only the refusal itself may write the
+	// cancel record, at once.
+	s := open(t, dir, buf, Options{FsyncInterval: time.Hour})
+	if err := s.PutWaiting(buffer.Key{Token: "ok", Datasource: "ds"}, lines(`{"kept":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
 	buf.Deny(buffer.Key{Token: "revoked", Datasource: "ds"}, time.Now().Add(time.Hour))
 	if err := s.PutWaiting(buffer.Key{Token: "revoked", Datasource: "ds"}, lines(`{}`), nil); !errors.Is(err, buffer.ErrDenied) {
 		t.Fatalf("got %v; want ErrDenied", err)
 	}
-	if err := s.PutWaiting(buffer.Key{Token: "ok", Datasource: "ds"}, lines(`{"kept":1}`), nil); err != nil {
-		t.Fatal(err)
-	}
-	die(s) // right after the refusal
+	die(s) // right after the refusal, before any later write could carry its cancel record
 	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
 	s2 := open(t, dir, buf2, Options{})
 	if n, err := s2.Replay(context.Background()); n != 1 || err != nil {
@@ -532,4 +534,28 @@ func TestUnreadableEntrySkipped(t *testing.T) {
 		t.Errorf("corrupt = %v; want the skipped entry counted", got)
 	}
 	s2.Close()
+}
+
+// TestReplayedThenRetained: rows replayed from an earlier run and then kept
+// again at a shutdown timeout (Retained) are still owed: the next start
+// replays them once more.
+func TestReplayedThenRetained(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{})
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{"owed":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	die(s)
+	for run := range 2 {
+		buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+		s := open(t, dir, buf, Options{})
+		if n, err := s.Replay(context.Background()); n != 1 || err != nil {
+			t.Fatalf("run %d: replayed %d (%v); want the owed row", run, n, err)
+		}
+		deliver(buf, &buffer.Failure{Status: 503, Reason: "shutdown_timeout", Retained: true})
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

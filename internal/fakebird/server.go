@@ -138,8 +138,8 @@ func (s *Server) EventsURL() string { return s.url + "/v0/events" }
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		s.cancel()
+		s.ts.Close() // waits for every handler, which may still record
 		s.rec.close()
-		s.ts.Close()
 	})
 }
 
