@@ -172,7 +172,7 @@ func proxyOptions(cfg config.Config, fl *flusher.Flusher, reg *prometheus.Regist
 	return proxy.Options{
 		MaxBodyBytes:       int(cfg.MaxBodyBytes),
 		RequestMemoryBytes: int(cfg.RequestMemoryBytes),
-		PassThrough:        !cfg.ProxyTokenMode() && !fileSink && !clickhouse,
+		PassThrough:        cfg.ClientTokensUpstream(),
 		Tokens:             cfg.AuthorizationTokens,
 		HighWatermark:      cfg.BufferHighWatermark,
 		WaitTimeout:        cfg.WaitTimeout,

@@ -569,3 +569,23 @@ func TestE2EQueueStockMaxPayload(t *testing.T) {
 	}
 	post{ds: "small", token: clientToken, lines: []string{`{"a":1}`}}.mustAccept(t, newClient(false), p.base)
 }
+
+// TestE2EQueueWithFileSink: with the file sink (no client token goes
+// upstream), requests through the queue carry no token and the bridge
+// delivers them: it asks the same question of the configuration as the
+// front door does.
+func TestE2EQueueWithFileSink(t *testing.T) {
+	t.Parallel()
+	ns := natstest.Start(t)
+	sink := t.TempDir()
+	p := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": "file://" + sink, "AUTHORIZATION_TOKEN": clientToken,
+		"QUEUE_URL": ns.URL(), "QUEUE_MAX_BYTES": "256MiB", "FLUSH_INTERVAL": "50", "DEAD_LETTER_DIR": t.TempDir()})
+	post{ds: "sunk", token: clientToken, lines: []string{`{"a":1}`, `{"a":2}`}}.mustAccept(t, newClient(false), p.base)
+	p.sigterm()
+	if code := p.exitStatus(30 * time.Second); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+	if got, err := os.ReadFile(filepath.Join(sink, "sunk.ndjson")); err != nil || string(got) != `{"a":1}`+"\n"+`{"a":2}`+"\n" {
+		t.Errorf("sink file: %q, %v; want both rows", got, err)
+	}
+}

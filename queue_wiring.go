@@ -39,7 +39,7 @@ func openQueue(cfg config.Config, buf *buffer.Buffer, fl *flusher.Flusher, reg p
 		Creds:         cfg.QueueCreds,
 		TLSCA:         cfg.QueueTLSCA,
 		WaitTimeout:   cfg.WaitTimeout,
-		ClientTokens:  !cfg.ProxyTokenMode(),
+		ClientTokens:  cfg.ClientTokensUpstream(),
 		MaxBodyBytes:  int(cfg.MaxBodyBytes),
 		MaxTokenBytes: int(cfg.MaxTokenBytes),
 		DeadLetter:    fl.DeadLetter,

@@ -266,6 +266,17 @@ func (c Config) ProxyTokenMode() bool {
 	return c.TinybirdToken != ""
 }
 
+// ClientTokensUpstream reports whether each client's own token goes
+// upstream with its events (pass-through mode): TINYBIRD_TOKEN is unset and
+// the upstream is Tinybird, not the file sink or ClickHouse, which take no
+// client tokens. Every part of the proxy that keys, stores or checks tokens
+// asks this one question.
+func (c Config) ClientTokensUpstream() bool {
+	_, file := c.FileSinkDir()
+	_, clickhouse := c.ClickHouse()
+	return !c.ProxyTokenMode() && !file && !clickhouse
+}
+
 // FileSinkDir returns the directory of a TINYBIRD_BASE_URL of the form
 // file://<dir>, which is everything after "file://": file://./events gives
 // "./events" and file:///var/lib/x gives "/var/lib/x". False means events go

@@ -453,3 +453,24 @@ func with(m map[string]string, kv ...string) map[string]string {
 	}
 	return out
 }
+
+func TestClientTokensUpstream(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		environ map[string]string
+		want    bool
+	}{
+		{map[string]string{}, true},
+		{map[string]string{"TINYBIRD_TOKEN": "p.x", "AUTHORIZATION_TOKEN": "c"}, false},
+		{map[string]string{"TINYBIRD_BASE_URL": "file://./events"}, false},
+		{map[string]string{"TINYBIRD_BASE_URL": "clickhouse://h/db", "AUTHORIZATION_TOKEN": "c"}, false},
+	} {
+		c, err := Load(tt.environ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.ClientTokensUpstream(); got != tt.want {
+			t.Errorf("%v: ClientTokensUpstream() = %v; want %v", tt.environ, got, tt.want)
+		}
+	}
+}
