@@ -201,7 +201,6 @@ func openSpool(cfg config.Config, buf *buffer.Buffer, reg prometheus.Registerer,
 		MaxBytes:      int64(cfg.SpoolMaxBytes),
 		Fsync:         mode,
 		FsyncInterval: cfg.SpoolFsyncInterval,
-		MaxTokenBytes: int(cfg.MaxTokenBytes),
 	}, reg, log)
 }
 

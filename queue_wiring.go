@@ -28,21 +28,20 @@ func openQueue(cfg config.Config, buf *buffer.Buffer, fl *flusher.Flusher, reg p
 		return nil, nil
 	}
 	q, err := queue.Open(buf, queue.Options{
-		URLs:          strings.Join(urls, ","),
-		Stream:        cfg.QueueStream,
-		Subject:       cfg.QueueSubject,
-		Replicas:      cfg.QueueReplicas,
-		MaxBytes:      int64(cfg.QueueMaxBytes),
-		MaxAge:        cfg.QueueMaxAge,
-		AckWait:       cfg.QueueAckWait,
-		MaxDeliver:    cfg.QueueMaxDeliver,
-		Creds:         cfg.QueueCreds,
-		TLSCA:         cfg.QueueTLSCA,
-		WaitTimeout:   cfg.WaitTimeout,
-		ClientTokens:  cfg.ClientTokensUpstream(),
-		MaxBodyBytes:  int(cfg.MaxBodyBytes),
-		MaxTokenBytes: int(cfg.MaxTokenBytes),
-		DeadLetter:    fl.DeadLetter,
+		URLs:         strings.Join(urls, ","),
+		Stream:       cfg.QueueStream,
+		Subject:      cfg.QueueSubject,
+		Replicas:     cfg.QueueReplicas,
+		MaxBytes:     int64(cfg.QueueMaxBytes),
+		MaxAge:       cfg.QueueMaxAge,
+		AckWait:      cfg.QueueAckWait,
+		MaxDeliver:   cfg.QueueMaxDeliver,
+		Creds:        cfg.QueueCreds,
+		TLSCA:        cfg.QueueTLSCA,
+		WaitTimeout:  cfg.WaitTimeout,
+		ClientTokens: cfg.ClientTokensUpstream(),
+		MaxBodyBytes: int(cfg.MaxBodyBytes),
+		DeadLetter:   fl.DeadLetter,
 	}, reg, log)
 	if err != nil {
 		return nil, err

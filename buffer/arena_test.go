@@ -158,6 +158,9 @@ func TestSlabMemoryIsReused(t *testing.T) {
 	b.mem.mu.Lock()
 	made := b.mem.made
 	b.mem.mu.Unlock()
+	if made < 5 {
+		t.Fatalf("%d slabs made for ~5 MB held at once; want at least 5", made)
+	}
 	for range 50 {
 		cycle()
 	}
@@ -220,5 +223,22 @@ func TestSmallBufferTakesNoSlab(t *testing.T) {
 	b.Release(got[0].Key, got[0].Rows, got[0].Data)
 	if s := b.Stats(); s.Events != 0 || s.Bytes != 0 {
 		t.Errorf("after Release: %+v; want empty", s)
+	}
+}
+
+// TestLargeEntries: entries larger than a slab, or than a quarter of one,
+// are stored whole on the heap and read back byte-identical.
+func TestLargeEntries(t *testing.T) {
+	b := New(Options{MaxEvents: 100, MaxBytes: 64 << 20})
+	for _, n := range []int{slabSize / 4, slabSize/4 + 1, slabSize - 1, 2 * slabSize} {
+		line := bytes.Repeat([]byte{'y'}, n)
+		if err := b.Put(Key{}, [][]byte{line}); err != nil {
+			t.Fatalf("%d bytes: %v", n, err)
+		}
+		got := b.Take(nil)
+		if len(got) != 1 || !bytes.Equal(got[0].Data, append(line, '\n')) {
+			t.Fatalf("%d bytes: read back %d bytes", n, len(got[0].Data))
+		}
+		b.Release(got[0].Key, got[0].Rows, got[0].Data)
 	}
 }

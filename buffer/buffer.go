@@ -163,7 +163,8 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 	for _, l := range lines {
 		size += len(l)
 	}
-	if n > b.maxEvents || size > b.maxBytes {
+	// Even in an empty buffer its key's name and token would be charged too.
+	if n > b.maxEvents || size+len(key.Datasource)+len(key.Token) > b.maxBytes {
 		return ErrTooLarge
 	}
 	// Refuse early, without copying, when the buffer is visibly full: under

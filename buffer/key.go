@@ -3,6 +3,12 @@ package buffer
 // MaxDatasourceLen is the longest datasource name Tinybird accepts.
 const MaxDatasourceLen = 255
 
+// MaxTokenLen is the longest token any configuration accepts (the top of
+// MAX_TOKEN_BYTES). What comes back from the spool or the queue is checked
+// against it, not against this run's MAX_TOKEN_BYTES: a run with a lower
+// setting must not drop what an earlier one acknowledged.
+const MaxTokenLen = 64 << 10
+
 // ValidDatasource reports whether name is a datasource name Tinybird
 // accepts: 1 to 255 letters, digits and underscores, not starting with a
 // digit. Every name that reaches a Key, from a client, the spool, the queue

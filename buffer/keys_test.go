@@ -91,3 +91,79 @@ func TestAdmissionCountsTheWholeRequest(t *testing.T) {
 		t.Errorf("held past the limits: %+v, %+v", s, b.Stats())
 	}
 }
+
+// TestLimitsAreInclusive: a buffer takes exactly its limits, and a request
+// of exactly the limits is not too large.
+func TestLimitsAreInclusive(t *testing.T) {
+	b := New(Options{MaxEvents: 3, MaxBytes: 9})
+	if err := b.Put(Key{}, lines(`{}`, `{}`, `{}`)); err != nil { // 3 events, 9 bytes
+		t.Fatalf("a request of exactly the limits: %v", err)
+	}
+	if err := b.Put(Key{}, lines(`{}`)); !errors.Is(err, ErrFull) {
+		t.Fatalf("one more: got %v; want ErrFull", err)
+	}
+	if err := b.Put(Key{}, lines(`{}`, `{}`, `{}`, `{}`)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("4 events in a buffer of 3: got %v; want ErrTooLarge", err)
+	}
+	if err := b.Put(Key{}, lines(`{"a":1}`, `{}`)); !errors.Is(err, ErrTooLarge) { // 11 bytes
+		t.Fatalf("11 bytes in a buffer of 9: got %v; want ErrTooLarge", err)
+	}
+}
+
+// TestUnverifiedTokensHeld: MaxUnverifiedTokens counts distinct tokens held
+// now that are not verified; a held token's later entries pass, a verified
+// one is exempt, and a released one stops counting.
+func TestUnverifiedTokensHeld(t *testing.T) {
+	b := New(Options{MaxEvents: 100, MaxBytes: 1 << 20, MaxUnverifiedTokens: 2})
+	put := func(tok string) error { return b.Put(Key{Token: tok, Datasource: "ds"}, lines(`{}`)) }
+	for _, tok := range []string{"t1", "t2", "t1"} {
+		if err := put(tok); err != nil {
+			t.Fatalf("%s: %v", tok, err)
+		}
+	}
+	if err := put("t3"); !errors.Is(err, ErrTooManyTokens) || !errors.Is(err, ErrFull) {
+		t.Fatalf("third unverified token: got %v; want ErrTooManyTokens, an ErrFull", err)
+	}
+	b.Verify("t1")
+	if err := put("t3"); err != nil {
+		t.Fatalf("t3 once t1 is verified: %v", err)
+	}
+	if err := put("t4"); !errors.Is(err, ErrTooManyTokens) {
+		t.Fatalf("t4 with t2 and t3 unverified: got %v", err)
+	}
+	for _, e := range b.Take(nil) {
+		if e.Key.Token == "t2" {
+			b.Release(e.Key, e.Rows, e.Data)
+		}
+	}
+	if err := put("t4"); err != nil {
+		t.Fatalf("t4 once t2 was released: %v", err)
+	}
+	if err := put("t5"); !errors.Is(err, ErrTooManyTokens) {
+		t.Fatalf("t5 with t3 and t4 unverified: got %v", err)
+	}
+	b.Verify("t5") // accepted upstream before it was held: exempt on arrival
+	if err := put("t5"); err != nil {
+		t.Fatalf("verified t5: %v", err)
+	}
+	b2 := New(Options{MaxEvents: 100, MaxBytes: 1 << 20}) // no cap
+	for i := range 50 {
+		if err := b2.Put(Key{Token: strings.Repeat("t", i+1), Datasource: "ds"}, lines(`{}`)); err != nil {
+			t.Fatalf("no cap: %v", err)
+		}
+	}
+}
+
+// TestTooLargeCountsTheKey: a request that fits the byte limit only without
+// its key's name and token can never be admitted: ErrTooLarge (413), not
+// ErrFull (a 429 the client would retry forever).
+func TestTooLargeCountsTheKey(t *testing.T) {
+	b := New(Options{MaxEvents: 100, MaxBytes: 100})
+	line := strings.Repeat("x", 97) // 98 bytes with its newline
+	if err := b.Put(Key{Token: "tok", Datasource: "ds"}, lines(line)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("98 bytes and a 5-byte key in 100: got %v; want ErrTooLarge", err)
+	}
+	if err := b.Put(Key{Datasource: "d"}, lines(strings.Repeat("x", 98))); err != nil { // 99 + 1
+		t.Fatalf("99 bytes and a 1-byte key in 100: %v", err)
+	}
+}

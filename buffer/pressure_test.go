@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"errors"
+	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -52,6 +53,11 @@ func TestRetryAfterFollowsDrainRate(t *testing.T) {
 		time.Sleep(20 * time.Second)
 		if got := b.RetryAfter(500, 0); got != time.Minute {
 			t.Errorf("stalled: got %s; want the 60s ceiling", got)
+		}
+		// Stalled long enough that the rate is exactly zero: still the ceiling.
+		time.Sleep(2000 * time.Second)
+		if got := b.RetryAfter(500, 0); got != time.Minute {
+			t.Errorf("stalled for good: got %s; want the 60s ceiling", got)
 		}
 	})
 }
@@ -116,5 +122,81 @@ func TestWaiter(t *testing.T) {
 	s, q, f := w.Result()
 	if s != 3 || q != 1 || f == nil || f.Status != 403 {
 		t.Errorf("got %d, %d, %+v; want 3, 1 and the 403", s, q, f)
+	}
+}
+
+// TestRetryAfterFollowsByteDrain: when bytes, not events, are the limit,
+// the wait is the excess bytes over the measured byte drain rate.
+func TestRetryAfterFollowsByteDrain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// 1000 events of 3 bytes ("{}\n") fill it exactly; 300 bytes drain a second.
+		b := New(Options{MaxEvents: 1 << 20, MaxBytes: 3000})
+		fullDrainingAt100(t, b)
+		if got := b.RetryAfter(0, 1500); got < 4*time.Second || got > 6*time.Second {
+			t.Errorf("1500 bytes over, draining ~300 B/s: got %s; want about 5s", got)
+		}
+	})
+}
+
+// TestDrainRateWindows: a window closed late counts as the quiet seconds it
+// was, for events and bytes alike, and a window closes at one second.
+func TestDrainRateWindows(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var d drainRate
+	d.start(t0)
+	d.add(t0.Add(500*time.Millisecond), 100, 300) // within the first second: no roll
+	if d.events != 0 || d.bytes != 0 {
+		t.Fatalf("rolled before a second passed: %v events/s, %v bytes/s", d.events, d.bytes)
+	}
+	d.roll(t0.Add(2 * time.Second)) // 2s window: keep 1/4 of the old (0), 3/4 of 50/s and 150/s
+	if d.events != 37.5 || d.bytes != 112.5 {
+		t.Errorf("after a 2s window: %v events/s, %v bytes/s; want 37.5 and 112.5", d.events, d.bytes)
+	}
+	d.add(t0.Add(2*time.Second), 10, 0)
+	d.roll(t0.Add(3 * time.Second)) // exactly one second later: the window closes
+	if d.winEvents != 0 {
+		t.Errorf("a window of exactly 1s did not close")
+	}
+}
+
+// TestNewRefusesZeroLimits: a buffer without room is a programming error.
+func TestNewRefusesZeroLimits(t *testing.T) {
+	for _, o := range []Options{{MaxEvents: 0, MaxBytes: 1}, {MaxEvents: 1, MaxBytes: 0}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("New(%+v) did not panic", o)
+				}
+			}()
+			New(o)
+		}()
+	}
+}
+
+// TestDenyAndVerifyTablesAreBounded: neither table grows past its bound,
+// and a key already in one is updated even when it is full.
+func TestDenyAndVerifyTablesAreBounded(t *testing.T) {
+	b := New(Options{MaxEvents: 100, MaxBytes: 1 << 20, MaxUnverifiedTokens: 1})
+	until := time.Now().Add(time.Hour)
+	for i := range maxDenied {
+		b.Deny(Key{Token: "d" + strconv.Itoa(i), Datasource: "ds"}, until)
+	}
+	b.Deny(Key{Token: "one-too-many", Datasource: "ds"}, until)
+	if err := b.Put(Key{Token: "one-too-many", Datasource: "ds"}, lines(`{}`)); errors.Is(err, ErrDenied) {
+		t.Error("the deny table grew past maxDenied")
+	}
+	if err := b.Put(Key{Token: "d7", Datasource: "ds"}, lines(`{}`)); !errors.Is(err, ErrDenied) {
+		t.Errorf("a remembered denial: got %v; want ErrDenied", err)
+	}
+	// The unverified slot is taken; verified tokens pass, up to maxVerified of them.
+	for i := range maxVerified {
+		b.Verify("v" + strconv.Itoa(i))
+	}
+	b.Verify("extra")
+	if err := b.Put(Key{Token: "v9", Datasource: "ds"}, lines(`{}`)); err != nil {
+		t.Fatalf("a verified token: %v", err)
+	}
+	if err := b.Put(Key{Token: "extra", Datasource: "ds"}, lines(`{}`)); !errors.Is(err, ErrTooManyTokens) {
+		t.Errorf("a token verified past maxVerified: got %v; want it unverified (ErrTooManyTokens)", err)
 	}
 }

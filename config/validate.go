@@ -66,7 +66,7 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.check(c.MaxUnverifiedTokens >= 1, "MAX_UNVERIFIED_TOKENS", "must be at least 1, got %d", c.MaxUnverifiedTokens)
 	v.check(c.MaxConnections >= 1, "MAX_CONNECTIONS", "must be at least 1, got %d", c.MaxConnections)
 	v.check(c.MaxHeaderBytes >= 1<<10 && c.MaxHeaderBytes <= 1<<20, "MAX_HEADER_BYTES", "must be between 1KiB and 1MiB, got %s", c.MaxHeaderBytes)
-	v.check(c.MaxTokenBytes >= 16 && c.MaxTokenBytes <= 64<<10, "MAX_TOKEN_BYTES", "must be between 16B and 64KiB, got %s", c.MaxTokenBytes)
+	v.check(c.MaxTokenBytes >= 16 && c.MaxTokenBytes <= 64<<10 /* buffer.MaxTokenLen */, "MAX_TOKEN_BYTES", "must be between 16B and 64KiB, got %s", c.MaxTokenBytes)
 	for i, t := range c.AuthorizationTokens {
 		// A client could never send such a token: the proxy refuses it at the door.
 		v.check(tokenShape(t, int(c.MaxTokenBytes)), "AUTHORIZATION_TOKEN",

@@ -26,6 +26,7 @@ func (f *Flusher) deliver(ctx context.Context, b *Batch) result {
 func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) {
 	f.m.batchEvents.Observe(float64(b.Rows))
 	f.m.batchBytes.Observe(float64(b.Bytes))
+	bounded := 0 // attempts that failed in a way that bounds its own retries
 	for attempt := 1; ; attempt++ {
 		if !haveSlot {
 			select {
@@ -51,11 +52,13 @@ func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) 
 			f.lastOK.Store(time.Now().UnixNano())
 		}
 		var re *RetryableError
-		if retry && errors.As(err, &re) && re.MaxAttempts > 0 && attempt >= re.MaxAttempts {
-			f.drop(b, &StatusError{Status: cmp.Or(re.Status, http.StatusBadGateway),
-				Message: fmt.Sprintf("upstream kept failing after %d attempts: %s", attempt, cmp.Or(re.Public, re.Err.Error())),
-				Detail:  fmt.Sprintf("gave up after %d attempts: %v", attempt, re.Err)}, r)
-			return
+		if retry && errors.As(err, &re) && re.MaxAttempts > 0 {
+			if bounded++; bounded >= re.MaxAttempts {
+				f.drop(b, &StatusError{Status: cmp.Or(re.Status, http.StatusBadGateway),
+					Message: fmt.Sprintf("upstream kept failing after %d attempts: %s", bounded, cmp.Or(re.Public, re.Err.Error())),
+					Detail:  fmt.Sprintf("gave up after %d attempts failing so: %v", bounded, re.Err)}, r)
+				return
+			}
 		}
 		if err == nil {
 			f.delivered(b, res, r, attempt, time.Since(start))

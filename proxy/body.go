@@ -82,14 +82,18 @@ func (p *bodyPool) get(c *charge) (*bodyBuf, bool) {
 	return bb, true
 }
 
-// grow makes room for more bytes in bb, charged to c; false means the
-// budget has no room and bb is unchanged.
-func grow(bb *bodyBuf, more int, c *charge) bool {
+// reserve makes bb's capacity at least n bytes, charging the increase to
+// c; false means the budget has no room and bb is unchanged.
+func reserve(bb *bodyBuf, n int, c *charge) bool {
+	more := n - cap(bb.B)
+	if more <= 0 {
+		return true
+	}
 	if !c.take(more) {
 		return false
 	}
 	before := cap(bb.B)
-	bb.B = slices.Grow(bb.B, more)
+	bb.B = slices.Grow(bb.B, n-len(bb.B))
 	c.force(cap(bb.B) - before - more)
 	return true
 }
@@ -108,7 +112,7 @@ func (p *bodyPool) read(r io.Reader, limit int, c *charge) (bb *bodyBuf, n int64
 	bb.lr = io.LimitedReader{R: r, N: int64(limit) + 1}
 	defer func() { bb.lr.R = nil }()
 	for bb.lr.N > 0 {
-		if len(bb.B) == cap(bb.B) && !grow(bb, min(max(cap(bb.B), 4<<10), int(bb.lr.N)), c) {
+		if len(bb.B) == cap(bb.B) && !reserve(bb, len(bb.B)+min(max(cap(bb.B), 4<<10), int(bb.lr.N)), c) {
 			return bb, int64(len(bb.B)), errOverBudget
 		}
 		m, rerr := bb.lr.Read(bb.B[len(bb.B):cap(bb.B)])

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"runtime"
+	"strings"
 	"sync"
 
 	"github.com/klauspost/compress/gzip"
@@ -28,18 +29,26 @@ type decoders struct {
 	limit  int
 }
 
+// maxZstdWindow is the largest window a zstd frame may declare (32 MiB,
+// the reference decoder's default limit; streaming encoders declare 2-8
+// MiB). Decoding whole, the window costs nothing of its own: see
+// newDecoders.
+const maxZstdWindow = 32 << 20
+
 // newDecoders returns decoders for bodies of at most limit bytes decoded.
-// zstd bodies are decoded whole (DecodeAll) into a buffer of limit+1 bytes,
-// with the window capped at that size too: the decoder keeps its history in
-// that buffer rather than in a ring of the window size a frame declares, so
-// a 1 KB frame declaring a 32 MiB window costs no more than the buffer.
-// It decodes at most GOMAXPROCS bodies at once; more wait their turn.
+// zstd bodies are decoded whole (DecodeAll) into a buffer no larger than
+// limit+1 bytes, sized from the frame's declared content size or grown as
+// needed: the decoder keeps its history in that buffer rather than in a
+// ring of the window size a frame declares, so a 1 KB frame declaring a
+// 32 MiB window costs no more than what it decodes to. It decodes at most
+// GOMAXPROCS bodies at once; more wait their turn.
 func newDecoders(limit int) (*decoders, error) {
+	window := max(uint64(limit)+1, maxZstdWindow)
 	zr, err := zstd.NewReader(nil,
 		zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)),
 		zstd.WithDecoderLowmem(true),
-		zstd.WithDecoderMaxMemory(uint64(limit)+1),
-		zstd.WithDecoderMaxWindow(max(uint64(limit)+1, zstd.MinWindowSize)),
+		zstd.WithDecoderMaxMemory(window),
+		zstd.WithDecoderMaxWindow(window),
 		zstd.WithDecodeAllCapLimit(true))
 	if err != nil {
 		return nil, err
@@ -71,25 +80,7 @@ func (d *decoders) decode(encoding, body []byte, c *charge) (out []byte, bb *bod
 		}
 		return d.readAll(zr, c)
 	case bytes.EqualFold(encoding, []byte("zstd")):
-		bb, ok := d.bodies.get(c)
-		if !ok || !grow(bb, d.limit+1, c) {
-			d.bodies.put(bb)
-			return nil, nil, errOverBudget
-		}
-		out, err := d.zstd.DecodeAll(body, bb.B[:0])
-		switch {
-		case errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) ||
-			(err == nil && len(out) > d.limit):
-			err = errTooLarge
-		case err != nil:
-			err = errBadCompressed
-		}
-		if err != nil {
-			d.bodies.put(bb)
-			return nil, nil, err
-		}
-		bb.B = out
-		return out, bb, nil
+		return d.decodeZstd(body, c)
 	}
 	return nil, nil, errUnsupportedCE
 }
@@ -108,4 +99,50 @@ func (d *decoders) readAll(r io.Reader, c *charge) ([]byte, *bodyBuf, error) {
 		return nil, nil, err
 	}
 	return bb.B, bb, nil
+}
+
+// decodeZstd decodes body whole into a pooled buffer charged to c: of the
+// size the first frame declares, plus one byte, when it declares one (more
+// than the limit is refused at once), else first 256 KiB (most bodies are
+// smaller) and, if that is not enough, limit+1 bytes. The decoder stops at
+// the buffer's capacity (WithDecodeAllCapLimit), give or take one block,
+// and says so with an error; in the smaller buffer any error is taken for
+// that and the body decoded again, so a corrupt body costs at most two
+// decodes, each bounded.
+func (d *decoders) decodeZstd(body []byte, c *charge) ([]byte, *bodyBuf, error) {
+	size := min(d.limit+1, max(256<<10, 4*len(body)))
+	var h zstd.Header
+	if err := h.Decode(body); err == nil && h.HasFCS {
+		if h.FrameContentSize > uint64(d.limit) {
+			return nil, nil, errTooLarge
+		}
+		size = int(h.FrameContentSize) + 1
+	}
+	bb, ok := d.bodies.get(c)
+	if !ok {
+		return nil, nil, errOverBudget
+	}
+	for {
+		if !reserve(bb, size, c) {
+			d.bodies.put(bb)
+			return nil, nil, errOverBudget
+		}
+		out, err := d.zstd.DecodeAll(body, bb.B[:0])
+		switch {
+		case err != nil && cap(bb.B) <= d.limit && !errors.Is(err, zstd.ErrWindowSizeExceeded):
+			size = d.limit + 1
+			continue
+		case errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) ||
+			(err != nil && strings.Contains(err.Error(), "output bigger than")) || (err == nil && len(out) > d.limit):
+			err = errTooLarge
+		case err != nil:
+			err = errBadCompressed
+		}
+		if err != nil {
+			d.bodies.put(bb)
+			return nil, nil, err
+		}
+		bb.B = out
+		return out, bb, nil
+	}
 }

@@ -82,9 +82,10 @@ func TestRequestMemoryBudget(t *testing.T) {
 	}
 	waitFor(t, "the uploads to hold their bytes", func() bool { return gauge() >= 2_700_000 })
 
-	// A zstd body needs a decode buffer of MaxBodyBytes: no room.
-	res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"},
-		zstded(t, []byte(`{"a":1}`+"\n")))
+	// A zstd body that declares 900 KB of content needs a decode buffer of
+	// that size: there is no room for it.
+	big := bytes.Repeat([]byte(`{"pad":"`+strings.Repeat("z", 90)+`"}`+"\n"), 9000) // 900 KB
+	res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, zstded(t, big))
 	if res.status != 503 || res.header.Get("Retry-After") == "" || !strings.Contains(res.body, "REQUEST_MEMORY_BYTES") {
 		t.Fatalf("over budget: got %d Retry-After %q %s; want 503 with Retry-After naming REQUEST_MEMORY_BYTES",
 			res.status, res.header.Get("Retry-After"), res.body)
@@ -98,53 +99,79 @@ func TestRequestMemoryBudget(t *testing.T) {
 		}
 	}
 	waitFor(t, "the budget to be given back", func() bool { return gauge() == 0 })
-	res = ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"},
-		zstded(t, []byte(`{"a":1}`+"\n")))
+	res = ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, zstded(t, big))
 	if res.status != 202 {
 		t.Fatalf("after the uploads: got %d %s; want 202", res.status, res.body)
 	}
-	if data, _ := ts.stored(); strings.Count(data, "\n") != 3*(maxBody/1011)+1 {
-		t.Errorf("stored %d events; want the three uploads' and one", strings.Count(data, "\n"))
+	if data, _ := ts.stored(); strings.Count(data, "\n") != 3*(maxBody/1011)+9000 {
+		t.Errorf("stored %d events; want the three uploads' and the zstd body's", strings.Count(data, "\n"))
 	}
 }
 
-// TestZstdWindowBomb: a small zstd frame that declares a window far larger
-// than MaxBodyBytes is refused 413, whatever it decodes to, and a frame
-// that decodes past the limit is refused too.
+// TestZstdWindowBomb: a zstd frame is decoded whole into a buffer no
+// larger than MaxBodyBytes+1, so the window it declares costs nothing of
+// its own: a small frame declaring 32 MiB is accepted (a streaming encoder
+// declares 8 MiB even for a small body), a frame declaring more than 32 MiB
+// is refused, and one that decodes past the limit is refused 413.
 func TestZstdWindowBomb(t *testing.T) {
 	ts := startServer(t, Options{MaxBodyBytes: 64 << 10}, buffer.Options{})
-	for name, plain := range map[string][]byte{
-		"big window, small content": []byte(`{"a":1}` + "\n"),
-		"decodes past the limit":    bytes.Repeat([]byte(" "), 40<<20),
-	} {
-		var frame bytes.Buffer
-		w, err := zstd.NewWriter(&frame, zstd.WithWindowSize(32<<20))
+	// frame encodes plain as a streaming writer does (no content size),
+	// declaring a window of 2^(10+exp) bytes as a hostile client could.
+	frame := func(plain []byte, exp byte) []byte {
+		var b bytes.Buffer
+		w, err := zstd.NewWriter(&b, zstd.WithWindowSize(32<<20))
 		if err != nil {
 			t.Fatal(err)
 		}
 		w.Write(plain)
 		w.Close()
-		b := frame.Bytes()
-		// The writer fits the window to a small content; declare 32 MiB
-		// (window descriptor: exponent 15, 2^(10+15) bytes) as a hostile
-		// client would.
+		f := b.Bytes()
 		var h zstd.Header
-		if err := h.Decode(b); err != nil || h.SingleSegment {
+		if err := h.Decode(f); err != nil || h.SingleSegment || h.HasFCS {
 			t.Fatalf("frame header %+v, %v", h, err)
 		}
-		b[5] = 15 << 3
-		if err := h.Decode(b); err != nil || h.WindowSize != 32<<20 {
+		f[5] = exp << 3
+		if err := h.Decode(f); err != nil || h.WindowSize != 1<<(10+uint64(exp)) {
 			t.Fatalf("forged window: %d, %v", h.WindowSize, err)
 		}
-		res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, b)
-		if res.status != 413 || !strings.HasPrefix(res.body, `{"error":`) {
-			t.Errorf("%s: got %d %s; want 413 with a JSON error", name, res.status, res.body)
+		return f
+	}
+	small := []byte(`{"a":1}` + "\n")
+	for _, c := range []struct {
+		name string
+		body []byte
+		want int
+	}{
+		{"32 MiB window, small content", frame(small, 15), 202},
+		{"64 MiB window", frame(small, 16), 413},
+		{"decodes past the limit", frame(bytes.Repeat([]byte(" "), 40<<20), 15), 413},
+	} {
+		res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, c.body)
+		if res.status != c.want || !strings.HasPrefix(res.body, "{") {
+			t.Errorf("%s: got %d %s; want %d", c.name, res.status, res.body, c.want)
 		}
 	}
-	small, _ := zstd.NewWriter(nil, zstd.WithWindowSize(32<<10))
-	res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, small.EncodeAll([]byte(`{"a":1}`+"\n"), nil))
-	if res.status != 202 {
-		t.Errorf("a frame within the limit: got %d %s; want 202", res.status, res.body)
+	if got := testutil.ToFloat64(ts.srv.m.requestMemory); got != 0 {
+		t.Errorf("request memory still held after the requests: %v", got)
+	}
+}
+
+// TestZstdStreamedGrows: a streamed zstd body (no declared content size)
+// that decodes to far more than the first buffer is decoded whole, growing
+// the buffer as needed, byte-identical.
+func TestZstdStreamedGrows(t *testing.T) {
+	ts := startServer(t, Options{MaxBodyBytes: 1 << 20}, buffer.Options{MaxEvents: 100_000, MaxBytes: 4 << 20})
+	plain := bytes.Repeat([]byte(`{"event":"page_view","n":12345}`+"\n"), 20_000) // 640 KB, compresses to a few KB
+	var b bytes.Buffer
+	w, _ := zstd.NewWriter(&b)
+	w.Write(plain)
+	w.Close()
+	res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, b.Bytes())
+	if res.status != 202 || res.body != `{"successful_rows":20000,"quarantined_rows":0}` {
+		t.Fatalf("got %d %s; want all 20000 rows", res.status, res.body)
+	}
+	if data, _ := ts.stored(); data != string(plain) {
+		t.Errorf("stored %d bytes; want the %d sent, byte-identical", len(data), len(plain))
 	}
 }
 

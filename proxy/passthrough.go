@@ -129,12 +129,17 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	// In pass-through mode a request with no token goes on: upstream
-	// answers it as it would answer the client.
+	// answers it as it would answer the client. A ?token= is held to a
+	// token's shape even when another Authorization scheme is used.
 	if token := requestToken(ctx); len(token) > 0 || !s.opts.PassThrough {
 		if body := s.checkToken(token); body != nil {
 			writeError(ctx, fasthttp.StatusForbidden, body)
 			return
 		}
+	}
+	if q := ctx.QueryArgs().Peek("token"); len(q) > 0 && !s.tokenShape(q) {
+		writeError(ctx, fasthttp.StatusForbidden, s.badShape)
+		return
 	}
 
 	req := fasthttp.AcquireRequest()

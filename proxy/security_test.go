@@ -348,3 +348,14 @@ func TestMaxConnectionsAnswersJSON(t *testing.T) {
 		return rawRequest(t, addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status == 200
 	})
 }
+
+// TestPassthroughQueryTokenShapeWithOtherAuth: a ?token= with bytes no token
+// has is refused even when the request uses another Authorization scheme.
+func TestPassthroughQueryTokenShapeWithOtherAuth(t *testing.T) {
+	api, requests := fakeAPI(t)
+	ts := startServer(t, Options{PassThrough: true, Passthrough: PassthroughOptions{BaseURL: api.URL, Timeout: time.Second}}, buffer.Options{})
+	res := ts.do(t, "GET", "/v0/pipes/p.json?token=abc%00def", map[string]string{"Authorization": "Basic dXNlcjpwdw=="}, nil)
+	if res.status != 403 || len(requests()) != 0 {
+		t.Errorf("got %d with %d upstream requests; want 403 and none", res.status, len(requests()))
+	}
+}

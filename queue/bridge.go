@@ -141,7 +141,7 @@ func (q *Queue) malformed(key buffer.Key) string {
 	switch {
 	case !buffer.ValidDatasource(key.Datasource):
 		return "not a tbproxy request: invalid datasource name"
-	case q.opts.ClientTokens && !buffer.ValidToken(key.Token, q.opts.MaxTokenBytes):
+	case q.opts.ClientTokens && !buffer.ValidToken(key.Token, buffer.MaxTokenLen):
 		return "not a tbproxy request: no valid client token (pass-through mode)"
 	case !q.opts.ClientTokens && key.Token != "":
 		return "not a tbproxy request: a client token in proxy-token mode"

@@ -90,17 +90,12 @@ type Options struct {
 	// mode). A message read from the stream must then carry one, else none:
 	// the proxy never publishes anything else.
 	ClientTokens bool
-	// MaxTokenBytes bounds a token read from the stream (default 4 KiB).
-	MaxTokenBytes int
 	// DeadLetter, when set, writes a terminated message's rows where the
 	// flusher writes its dead letters (DEAD_LETTER_DIR) and returns the file.
 	DeadLetter func(key buffer.Key, data []byte, rows int, f *buffer.Failure) string
 }
 
 func (o *Options) setDefaults() {
-	if o.MaxTokenBytes <= 0 {
-		o.MaxTokenBytes = 4 << 10
-	}
 	if o.Stream == "" {
 		o.Stream = "TBPROXY"
 	}

@@ -63,9 +63,6 @@ type Options struct {
 	MaxBytes      int64
 	Fsync         Fsync
 	FsyncInterval time.Duration // default 100ms
-	// MaxTokenBytes bounds a token read back from a segment, as the proxy
-	// bounds a client's (default 4 KiB).
-	MaxTokenBytes int
 }
 
 // Spool appends requests to segment files and hands them to a buffer. Safe
@@ -95,6 +92,7 @@ type Spool struct {
 	closed   bool
 	bg       sync.WaitGroup // doneLoop and, in FsyncAlways mode, syncLoop
 	bgCancel context.CancelFunc
+	flushMu  sync.Mutex // serialises flushSealed; taken before mu, never inside it
 	lock     *os.File   // holds the directory's lock until Close
 	sync     syncMarker // frames this process's records; see segment.go
 }
@@ -131,9 +129,6 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	}
 	if opts.FsyncInterval <= 0 {
 		opts.FsyncInterval = 100 * time.Millisecond
-	}
-	if opts.MaxTokenBytes <= 0 {
-		opts.MaxTokenBytes = 4 << 10
 	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -278,8 +273,9 @@ func (s *Spool) append(rec []byte) (*segment, int64, uint64, error) {
 		return nil, 0, 0, buffer.ErrClosed
 	}
 	// Roll first: sealing a segment whose events are all done deletes it,
-	// which may be exactly the room the limit below needs.
-	if s.cur.size+int64(len(rec)) > s.opts.SegmentBytes && s.cur.size > headerLen {
+	// which may be exactly the room the limit below needs. A current
+	// segment without a file is one whose roll failed: try again.
+	if s.cur.f == nil || (s.cur.size+int64(len(rec)) > s.opts.SegmentBytes && s.cur.size > headerLen) {
 		if err := s.rollLocked(); err != nil {
 			return nil, 0, 0, err
 		}
@@ -348,10 +344,10 @@ func (s *Spool) ackLocked(seg *segment, off int64) {
 	}
 }
 
-// flushDoneLocked writes down every retired record not yet written: the
-// current segment's in it, each sealed segment's in its own file, and
-// retries deleting segments whose deletion failed. What cannot be written
-// now is kept for the next call.
+// flushDoneLocked writes down the current segment's retired records not
+// yet written, in it, and retries deleting segments whose deletion failed.
+// Sealed segments' retired records are written by flushSealed, outside the
+// lock. What cannot be written now is kept for the next call.
 func (s *Spool) flushDoneLocked() {
 	if cur := s.cur; len(s.done) > 0 && cur != nil && cur.f != nil {
 		s.wbuf = appendDone(s.wbuf[:0], s.sync[:], s.done)
@@ -366,20 +362,6 @@ func (s *Spool) flushDoneLocked() {
 			s.done = s.done[:0]
 		}
 	}
-	dirty := s.dirty[:0]
-	for _, seg := range s.dirty {
-		if _, live := s.live[seg.seq]; !live && !slices.Contains(s.undead, seg) {
-			seg.done = nil // deleted: nothing of it can be replayed
-			continue
-		}
-		if err := s.appendDoneTo(seg); err != nil {
-			s.m.writeErrors.Inc()
-			s.log.Warn("cannot write a spool done record; will retry", "path", seg.path, "err", err)
-			dirty = append(dirty, seg)
-		}
-	}
-	clear(s.dirty[len(dirty):])
-	s.dirty = dirty
 	undead := s.undead[:0]
 	for _, seg := range s.undead {
 		if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -393,36 +375,71 @@ func (s *Spool) flushDoneLocked() {
 	s.undead = undead
 }
 
-// appendDoneTo appends a done record naming seg's retired records to seg's
-// own file, synced unless Fsync is never.
-func (s *Spool) appendDoneTo(seg *segment) error {
-	if len(seg.done) == 0 || seg.gone {
+// flushSealed appends to each sealed segment a done record naming its
+// records retired since the last one, synced unless Fsync is never. The
+// file work happens outside s.mu, so writers never wait on it; flushMu
+// keeps two calls from interleaving. A segment deleted meanwhile needs
+// nothing; one that cannot be written now is tried again next time.
+func (s *Spool) flushSealed() {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	type job struct {
+		seg    *segment
+		path   string
+		marker []byte
+		offs   []int64
+	}
+	s.mu.Lock()
+	var jobs []job
+	for _, seg := range s.dirty {
+		if _, live := s.live[seg.seq]; (live || slices.Contains(s.undead, seg)) && len(seg.done) > 0 && !seg.gone {
+			jobs = append(jobs, job{seg, seg.path, seg.marker, seg.done})
+		}
 		seg.done = nil
-		return nil
 	}
-	refs := make([]ref, len(seg.done))
-	for i, off := range seg.done {
-		refs[i] = ref{seq: seg.seq, offset: off}
+	s.dirty = s.dirty[:0]
+	s.mu.Unlock()
+
+	for _, j := range jobs {
+		refs := make([]ref, len(j.offs))
+		for i, off := range j.offs {
+			refs[i] = ref{seq: j.seg.seq, offset: off}
+		}
+		rec := appendDone(nil, j.marker, refs)
+		err := appendFile(j.path, rec, s.opts.Fsync != FsyncNever, s.syncFile)
+		s.mu.Lock()
+		switch _, live := s.live[j.seg.seq]; {
+		case err == nil:
+			j.seg.size += int64(len(rec))
+			s.total += int64(len(rec))
+		case !live && !slices.Contains(s.undead, j.seg): // deleted meanwhile: nothing of it can be replayed
+		default:
+			s.m.writeErrors.Inc()
+			s.log.Warn("cannot write a spool done record; will retry", "path", j.path, "err", err)
+			if len(j.seg.done) == 0 {
+				s.dirty = append(s.dirty, j.seg)
+			}
+			j.seg.done = append(j.seg.done, j.offs...)
+		}
+		s.mu.Unlock()
 	}
-	rec := appendDone(nil, seg.marker, refs)
-	f, err := os.OpenFile(seg.path, os.O_WRONLY|os.O_APPEND, 0)
+}
+
+// appendFile appends b to the existing file at path, synced with sync when
+// doSync is set.
+func appendFile(path string, b []byte, doSync bool, sync func(*os.File) error) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(rec)
-	if err == nil && s.opts.Fsync != FsyncNever {
-		err = s.syncFile(f)
+	_, err = f.Write(b)
+	if err == nil && doSync {
+		err = sync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return err
-	}
-	seg.size += int64(len(rec))
-	s.total += int64(len(rec))
-	seg.done = nil
-	return nil
+	return err
 }
 
 // removeLocked deletes a segment every record of which is done. A file
@@ -450,6 +467,8 @@ func (s *Spool) removeLocked(seg *segment) {
 			if len(seg.done) > 0 && !slices.Contains(s.dirty, seg) {
 				s.dirty = append(s.dirty, seg)
 			}
+		} else {
+			seg.done = nil // the retired file says it all; nothing more to write in it
 		}
 		return
 	}
@@ -466,15 +485,6 @@ const maxTakenNames = 100
 // is not sealed again: the roll only retries the new segment.
 func (s *Spool) rollLocked() error {
 	if old := s.cur; old != nil && old.f != nil {
-		// Its retired records are written down in it from now on by
-		// flushDoneLocked, as for every sealed segment.
-		for _, r := range s.done {
-			if len(old.done) == 0 {
-				s.dirty = append(s.dirty, old)
-			}
-			old.done = append(old.done, r.offset)
-		}
-		s.done = s.done[:0]
 		if s.opts.Fsync == FsyncAlways {
 			// Writers wait on this sync; it must happen before they go on.
 			if err := s.syncFile(old.f); err != nil {
@@ -495,6 +505,16 @@ func (s *Spool) rollLocked() error {
 			})
 		}
 		old.f, old.sealed = nil, true
+		// Its retired records are written down in it from now on by
+		// flushSealed, as for every sealed segment: moved only now that
+		// nothing is written through its old handle any more.
+		for _, r := range s.done {
+			if len(old.done) == 0 {
+				s.dirty = append(s.dirty, old)
+			}
+			old.done = append(old.done, r.offset)
+		}
+		s.done = s.done[:0]
 		if old.pending <= 0 {
 			s.removeLocked(old)
 		}
@@ -568,6 +588,7 @@ func (s *Spool) doneLoop(ctx context.Context) {
 			s.checkCurrentLocked()
 			s.flushDoneLocked()
 			s.mu.Unlock()
+			s.flushSealed()
 			if s.opts.Fsync == FsyncInterval {
 				s.syncOnce()
 			}
@@ -582,15 +603,25 @@ func (s *Spool) doneLoop(ctx context.Context) {
 // would lose them, as it would have anyway.
 func (s *Spool) checkCurrentLocked() {
 	cur := s.cur
-	if cur == nil || cur.f == nil || s.closed {
+	if cur == nil || s.closed {
+		return
+	}
+	if cur.f == nil { // a roll failed: try again rather than wait for a write
+		if err := s.rollLocked(); err == nil {
+			s.log.Info("spool writing to a new segment again", "path", s.cur.path)
+		}
 		return
 	}
 	open, err := cur.f.Stat()
 	if err != nil {
 		return
 	}
-	if now, err := os.Stat(cur.path); err == nil && os.SameFile(open, now) {
+	now, err := os.Stat(cur.path)
+	switch {
+	case err == nil && os.SameFile(open, now):
 		return
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return // a transient error (EIO, ESTALE) says nothing about the file
 	}
 	s.m.writeErrors.Inc()
 	s.log.Error("the current spool segment vanished or was replaced; starting a new one (is another process using SPOOL_DIR?)",
@@ -746,7 +777,7 @@ func (s *Spool) replaySegment(ctx context.Context, seg *segment, retired map[ref
 		case err != nil:
 		case !buffer.ValidDatasource(r.key.Datasource):
 			err = errors.New("invalid datasource name")
-		case r.key.Token != "" && !buffer.ValidToken(r.key.Token, s.opts.MaxTokenBytes):
+		case r.key.Token != "" && !buffer.ValidToken(r.key.Token, buffer.MaxTokenLen):
 			err = errors.New("invalid token")
 		}
 		if err != nil {
@@ -822,10 +853,14 @@ func (s *Spool) Close() error {
 	s.bgCancel()
 	s.bg.Wait()
 
+	s.flushSealed()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.cur
 	s.flushDoneLocked()
+	if cur.f == nil { // its roll failed: nothing open to close
+		return s.lock.Close()
+	}
 	err := s.syncFile(cur.f)
 	if cerr := cur.f.Close(); err == nil {
 		err = cerr

@@ -25,6 +25,7 @@ func open(t testing.TB, dir string, buf *buffer.Buffer, opts Options) *Spool {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() }) // before TempDir's removal; Close is idempotent
 	return s
 }
 
@@ -557,5 +558,47 @@ func TestReplayedThenRetained(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestVanishedSegmentThenFailedRoll: when the current segment vanishes and
+// starting the next one fails too, later writes try again instead of
+// writing to no file and answering 503 until a restart.
+func TestVanishedSegmentThenFailedRoll(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{FsyncInterval: 5 * time.Millisecond})
+	key := buffer.Key{Datasource: "ds"}
+	if err := s.PutWaiting(key, lines(`{"a":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	first, cur := s.nextSeq, s.cur.path
+	s.mu.Unlock()
+	for seq := first; seq < first+maxTakenNames; seq++ { // the roll after the vanishing fails
+		if err := os.Mkdir(filepath.Join(dir, fmt.Sprintf("seg-%016d.spool", seq)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(cur); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(s.m.writeErrors) < 2 { // the vanished segment, then the failed roll
+		if time.Now().After(deadline) {
+			t.Fatal("the vanished segment was not noticed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The next write tries the roll again (past the taken names) and goes on.
+	for {
+		err := s.PutWaiting(key, lines(`{"a":3}`), nil)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still refusing once a segment can be started: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
