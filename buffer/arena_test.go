@@ -242,3 +242,43 @@ func TestLargeEntries(t *testing.T) {
 		b.Release(got[0].Key, got[0].Rows, got[0].Data)
 	}
 }
+
+// TestReleaseAcrossSlabsInOneCall: pieces from several slabs released in
+// one call (as the flusher releases a batch) each go back to their own
+// slab, so refilling the same amount needs no new slab.
+func TestReleaseAcrossSlabsInOneCall(t *testing.T) {
+	b := New(Options{MaxEvents: 1 << 20, MaxBytes: 64 << 20})
+	line := [][]byte{bytes.Repeat([]byte{'z'}, 100_000)}
+	fill := func() (Key, [][]byte, int) {
+		var data [][]byte
+		for range 30 { // ~3 MB: three slabs or more
+			if err := b.Put(Key{Datasource: "ds"}, line); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := b.Take(nil)
+		for _, e := range got {
+			data = append(data, e.Data)
+		}
+		// Interleave slabs: last piece first, then the rest.
+		data = append(data[len(data)-1:], data[:len(data)-1]...)
+		return got[0].Key, data, len(got)
+	}
+	k, data, n := fill()
+	b.Release(k, n, data...)
+	b.mem.mu.Lock()
+	made := b.mem.made
+	b.mem.mu.Unlock()
+	for range 5 {
+		k, data, n = fill()
+		b.Release(k, n, data...)
+	}
+	b.mem.mu.Lock()
+	defer b.mem.mu.Unlock()
+	if b.mem.made > made+1 {
+		t.Errorf("%d slabs after the first cycle, %d after five more: released pieces did not free their slabs", made, b.mem.made)
+	}
+	if s := b.Stats(); s.Bytes != 0 || s.Events != 0 {
+		t.Errorf("after releasing everything: %+v", s)
+	}
+}

@@ -167,3 +167,30 @@ func TestTooLargeCountsTheKey(t *testing.T) {
 		t.Fatalf("99 bytes and a 1-byte key in 100: %v", err)
 	}
 }
+
+// TestNameHeldUntilItsLastEvent: a datasource with events in two entries
+// stays held (and charged) until both are released, then is forgotten.
+func TestNameHeldUntilItsLastEvent(t *testing.T) {
+	b := New(Options{MaxEvents: 100, MaxBytes: 1000, MaxDatasources: 1})
+	k := Key{Datasource: "abcdefghij"} // 10 bytes
+	for range 2 {
+		if err := b.Put(k, lines(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := b.Take(nil)
+	b.Release(got[0].Key, got[0].Rows, got[0].Data)
+	if s := b.Stats(); s.Bytes != 3+10 {
+		t.Errorf("one of two entries released: %d bytes held; want the other's 3 and the name's 10", s.Bytes)
+	}
+	if err := b.Put(Key{Datasource: "other"}, lines(`{}`)); !errors.Is(err, ErrTooManyDatasources) {
+		t.Errorf("a second name while the first still holds an event: got %v; want ErrTooManyDatasources", err)
+	}
+	b.Release(got[1].Key, got[1].Rows, got[1].Data)
+	if s := b.Stats(); s.Bytes != 0 {
+		t.Errorf("everything released: %d bytes held; want 0", s.Bytes)
+	}
+	if err := b.Put(Key{Datasource: "other"}, lines(`{}`)); err != nil {
+		t.Errorf("a second name once the first is forgotten: %v", err)
+	}
+}
