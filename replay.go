@@ -116,50 +116,55 @@ func replay(args []string) int {
 	return 0
 }
 
-// checkFile reads file through and returns how many rows it holds, or the
-// first line that is longer than maxLine or not one JSON object (blank
-// lines are skipped, as in a request).
-func checkFile(file string, maxLine int) (int, error) {
+// eachRow calls fn with every non-blank line of file, numbered from 1, in
+// a buffer fn must not keep; lines longer than maxLine are an error.
+func eachRow(file string, maxLine int, fn func(n int, line []byte) error) error {
 	f, err := os.Open(file)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), maxLine+1)
-	rows, n := 0, 0
+	n := 0
 	for sc.Scan() {
 		n++
-		line := sc.Bytes()
-		switch {
-		case len(bytes.TrimSpace(line)) == 0:
-		case len(line) > maxLine:
-			return rows, fmt.Errorf("%s line %d is longer than MAX_BODY_BYTES (%d bytes)", file, n, maxLine)
-		case !ndjson.Object(line):
-			return rows, fmt.Errorf("%s line %d is not a JSON object", file, n)
-		default:
-			rows++
+		if line := sc.Bytes(); len(bytes.TrimSpace(line)) > 0 {
+			if len(line) > maxLine {
+				return fmt.Errorf("%s line %d is longer than MAX_BODY_BYTES (%d bytes)", file, n, maxLine)
+			}
+			if err := fn(n, line); err != nil {
+				return err
+			}
 		}
 	}
 	if errors.Is(sc.Err(), bufio.ErrTooLong) {
-		return rows, fmt.Errorf("%s line %d is longer than MAX_BODY_BYTES (%d bytes)", file, n+1, maxLine)
+		return fmt.Errorf("%s line %d is longer than MAX_BODY_BYTES (%d bytes)", file, n+1, maxLine)
 	}
 	if err := sc.Err(); err != nil {
-		return rows, fmt.Errorf("read %s: %w", file, err)
+		return fmt.Errorf("read %s: %w", file, err)
 	}
-	return rows, nil
+	return nil
+}
+
+// checkFile reads file through and returns how many rows it holds, or the
+// first line that is longer than maxLine or not one JSON object (blank
+// lines are skipped, as in a request).
+func checkFile(file string, maxLine int) (int, error) {
+	rows := 0
+	err := eachRow(file, maxLine, func(n int, line []byte) error {
+		if !ndjson.Object(line) {
+			return fmt.Errorf("%s line %d is not a JSON object", file, n)
+		}
+		rows++
+		return nil
+	})
+	return rows, err
 }
 
 // feed puts every line of file into buf under key, waiting while the buffer
 // is full. It returns how many rows it stored.
 func feed(ctx context.Context, buf *buffer.Buffer, key buffer.Key, file string, maxLine int) (int, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), maxLine+1)
 	var lines [][]byte
 	rows := 0
 	put := func() error {
@@ -179,18 +184,15 @@ func feed(ctx context.Context, buf *buffer.Buffer, key buffer.Key, file string, 
 			}
 		}
 	}
-	for sc.Scan() {
-		if line := sc.Bytes(); len(bytes.TrimSpace(line)) > 0 {
-			lines = append(lines, bytes.Clone(line)) // byte-identical; Scan reuses its buffer
-		}
+	err := eachRow(file, maxLine, func(_ int, line []byte) error {
+		lines = append(lines, bytes.Clone(line)) // byte-identical; Scan reuses its buffer
 		if len(lines) == 1000 {
-			if err := put(); err != nil {
-				return rows, err
-			}
+			return put()
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return rows, fmt.Errorf("read %s: %w", file, err)
+		return nil
+	})
+	if err != nil {
+		return rows, err
 	}
 	return rows, put()
 }
