@@ -602,3 +602,57 @@ func TestVanishedSegmentThenFailedRoll(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestSingleAckInSealedSegment: one record retired in a sealed segment that
+// still owes another is written down in it by a clean shutdown, so the
+// restart replays only what is owed.
+func TestSingleAckInSealedSegment(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{SegmentBytes: 300, FsyncInterval: time.Hour})
+	pad := strings.Repeat("p", 60)
+	for _, ds := range []string{"first", "second", "third", "fourth"} { // two records a segment
+		if err := s.PutWaiting(buffer.Key{Datasource: ds}, lines(`{"pad":"`+pad+`"}`), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(segments(t, dir)); n < 2 {
+		t.Fatalf("%d segments; want the first one sealed", n)
+	}
+	for _, e := range buf.Take(nil) { // deliver only the first record
+		if e.Key.Datasource == "first" {
+			e.Waiter.AddPart()
+			e.Waiter.Finish(e.Rows, 0, nil)
+			buf.Release(e.Key, e.Rows, e.Data)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s2 := open(t, dir, buf2, Options{})
+	if n, err := s2.Replay(context.Background()); n != 3 || err != nil {
+		t.Fatalf("replayed %d (%v); want the 3 undelivered", n, err)
+	}
+	for _, e := range buf2.Take(nil) {
+		if e.Key.Datasource == "first" {
+			t.Error("the delivered record was replayed")
+		}
+	}
+}
+
+// TestFillsTheBufferExactly: the spool's early refusal (not writing what
+// the buffer will refuse) lets through a request that exactly fills it.
+func TestFillsTheBufferExactly(t *testing.T) {
+	buf := buffer.New(buffer.Options{MaxEvents: 3, MaxBytes: 1 << 20})
+	s := open(t, t.TempDir(), buf, Options{})
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`, `{}`), nil); err != nil {
+		t.Fatalf("2 more in a buffer of 3 holding 1: %v", err)
+	}
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil); !errors.Is(err, buffer.ErrFull) {
+		t.Fatalf("one more: got %v; want ErrFull", err)
+	}
+}
