@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"runtime"
@@ -78,15 +79,29 @@ func (d *decoders) decode(encoding, body []byte, c *charge) (out []byte, bb *bod
 		if err := zr.Reset(bytes.NewReader(body)); err != nil {
 			return nil, nil, errBadCompressed
 		}
-		return d.readAll(zr, c)
+		return d.readAll(zr, gzipSize(body), c)
 	case bytes.EqualFold(encoding, []byte("zstd")):
 		return d.decodeZstd(body, c)
 	}
 	return nil, nil, errUnsupportedCE
 }
 
-func (d *decoders) readAll(r io.Reader, c *charge) ([]byte, *bodyBuf, error) {
-	bb, n, err := d.bodies.read(r, d.limit, c)
+// gzipSize returns the decoded size a gzip body's trailer states (ISIZE,
+// the last member's size modulo 2^32), or 0 when the body is too short to
+// have one. It is only a hint: a body of several members, or a lying one,
+// is still read to its end or to the limit.
+func gzipSize(body []byte) int {
+	if len(body) < 18 { // a 10-byte header and the 8-byte trailer
+		return 0
+	}
+	return int(binary.LittleEndian.Uint32(body[len(body)-4:]))
+}
+
+// readAll reads r's decoded body, sizing the buffer from hint (0: none)
+// when the hint is within the limit, so a body of known size is read into
+// one allocation instead of a chain of doublings.
+func (d *decoders) readAll(r io.Reader, hint int, c *charge) ([]byte, *bodyBuf, error) {
+	bb, n, err := d.bodies.read(r, d.limit, min(hint, d.limit)+1, c)
 	switch {
 	case errors.Is(err, errOverBudget):
 	case err != nil:

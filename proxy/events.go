@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"slices"
 	"strconv"
 	"time"
 
@@ -250,13 +249,18 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, b *body) *refusal {
 	if b.lp == nil {
 		b.lp = new([][]byte)
 	}
-	if !b.mem.take(max(n, cap(*b.lp)) * sliceHeaderBytes) {
+	// n counts blank lines too, so it bounds the index: charge it, but let
+	// the index grow as lines are found (a body of blank lines needs none),
+	// charging whatever growth rounding adds past n.
+	charged := max(n, cap(*b.lp)) * sliceHeaderBytes
+	if !b.mem.take(charged) {
 		r := *refuseOverBudget
 		r.unread = false
 		return &r
 	}
-	lines, lerr := splitLines(slices.Grow((*b.lp)[:0], n), decoded)
+	lines, lerr := splitLines((*b.lp)[:0], decoded)
 	*b.lp = lines
+	b.mem.force(cap(lines)*sliceHeaderBytes - charged)
 	if lerr != nil {
 		return &refusal{fasthttp.StatusBadRequest, reasonInvalidBody, errorBody(lerr.Error()), false}
 	}
@@ -300,7 +304,9 @@ func (s *Server) rawBody(ctx *fasthttp.RequestCtx, b *body) ([]byte, error) {
 	if n := ctx.Request.Header.ContentLength(); n > s.opts.MaxBodyBytes {
 		return nil, errTooLarge
 	}
-	bb, n, err := s.decoders.bodies.read(ctx.RequestBodyStream(), s.opts.MaxBodyBytes, &b.mem)
+	// No size hint from Content-Length: a client that declares 10 MB and
+	// sends nothing must hold nothing.
+	bb, n, err := s.decoders.bodies.read(ctx.RequestBodyStream(), s.opts.MaxBodyBytes, 0, &b.mem)
 	b.raw = bb
 	if err == nil && n > int64(s.opts.MaxBodyBytes) {
 		err = errTooLarge
