@@ -656,3 +656,63 @@ func TestFillsTheBufferExactly(t *testing.T) {
 		t.Fatalf("one more: got %v; want ErrFull", err)
 	}
 }
+
+// TestOffsetsAfterAPrependedDoneRecord: a write that carries earlier done
+// records in front of its own record still retires the right record when
+// it is delivered: a clean restart replays nothing, and counts nothing as
+// corrupt.
+func TestOffsetsAfterAPrependedDoneRecord(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{FsyncInterval: time.Hour}) // done records go only with writes
+	for i := range 5 {
+		if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(fmt.Sprintf(`{"i":%d}`, i)), nil); err != nil {
+			t.Fatal(err)
+		}
+		deliver(buf, nil) // its done record goes in front of the next write
+	}
+	// One owed record keeps the segment (and the offsets in it) on disk.
+	if err := s.PutWaiting(buffer.Key{Datasource: "owed"}, lines(`{"owed":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s2 := open(t, dir, buf2, Options{})
+	if n, err := s2.Replay(context.Background()); n != 1 || err != nil {
+		t.Fatalf("replayed %d (%v); want only the owed event", n, err)
+	}
+	if c := testutil.ToFloat64(s2.m.corrupt); c != 0 {
+		t.Errorf("%v records counted corrupt after a clean shutdown; want 0", c)
+	}
+}
+
+// TestSegmentsRollAtTheirSize: with the default options a segment holds
+// many small records; with SegmentBytes set, no segment grows past it by
+// more than one record.
+func TestSegmentsRollAtTheirSize(t *testing.T) {
+	for _, segBytes := range []int64{0, 256} {
+		dir := t.TempDir()
+		buf := buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+		s := open(t, dir, buf, Options{SegmentBytes: segBytes})
+		rec := fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 60))
+		for range 20 {
+			if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(rec), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		segs := segments(t, dir)
+		if segBytes == 0 && len(segs) != 1 {
+			t.Errorf("default SegmentBytes: %d segments for 20 small records; want 1", len(segs))
+		}
+		for _, seg := range segs {
+			if segBytes > 0 && fileSize(t, seg) > segBytes+int64(len(rec))+64 {
+				t.Errorf("%s is %d bytes; want at most SegmentBytes (%d) and one record", seg, fileSize(t, seg), segBytes)
+			}
+		}
+		if segBytes > 0 && len(segs) < 5 {
+			t.Errorf("SegmentBytes %d: %d segments for 20 records of ~100 bytes; want them rolled", segBytes, len(segs))
+		}
+	}
+}
