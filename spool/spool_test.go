@@ -717,3 +717,67 @@ func TestSegmentsRollAtTheirSize(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayTidiesSegments: at start, a torn tail is cut off the segment
+// it ends (the record before it is replayed), and a segment every record of
+// which was already retired is deleted, not kept.
+func TestReplayTidiesSegments(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s := open(t, dir, buf, Options{FsyncInterval: 5 * time.Millisecond})
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{"done":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	deliver(buf, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for { // the background loop writes the done record down
+		s.mu.Lock()
+		pendingDone := len(s.done)
+		s.mu.Unlock()
+		if pendingDone == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the done record was never written")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	die(s) // the fully retired segment stays on disk
+	retired := segments(t, dir)
+
+	// A second run leaves an owed record and a torn write after it.
+	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s2 := open(t, dir, buf2, Options{})
+	if n, err := s2.Replay(context.Background()); n != 0 || err != nil {
+		t.Fatalf("first restart replayed %d (%v); want 0", n, err)
+	}
+	for _, p := range retired {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s, every record of which was retired, is still there (%v)", p, err)
+		}
+	}
+	if err := s2.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{"owed":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	die(s2)
+	owed := segments(t, dir)
+	if len(owed) != 1 {
+		t.Fatalf("segments %v; want the one owed", owed)
+	}
+	whole := fileSize(t, owed[0])
+	f, err := os.OpenFile(owed[0], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("torn-tail"))
+	f.Close()
+
+	buf3 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s3 := open(t, dir, buf3, Options{})
+	if n, err := s3.Replay(context.Background()); n != 1 || err != nil {
+		t.Fatalf("second restart replayed %d (%v); want the owed event", n, err)
+	}
+	if got := fileSize(t, owed[0]); got != whole {
+		t.Errorf("segment with a torn tail is %d bytes after replay; want it cut back to %d", got, whole)
+	}
+}
