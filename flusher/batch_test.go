@@ -152,3 +152,60 @@ func TestBacklogMerged(t *testing.T) {
 		t.Errorf("rows per request: got %v; want [9 9 3]", sizes)
 	}
 }
+
+// TestFinishWaitersShares: each waiting request of a batch is told its own
+// rows: quarantined rows shared out by cumulative rounding, and after a
+// short acknowledgement successful rows shared out the same way; the shares
+// add up to upstream's counts and never exceed a request's rows.
+func TestFinishWaitersShares(t *testing.T) {
+	rowsOf := []int{1, 2, 3, 4}
+	for _, tt := range []struct {
+		name  string
+		res   Result
+		wantS []int
+		wantQ []int
+	}{
+		{"all written", Result{SuccessfulRows: 10}, []int{1, 2, 3, 4}, []int{0, 0, 0, 0}},
+		{"3 quarantined", Result{SuccessfulRows: 7, QuarantinedRows: 3}, []int{1, 2, 2, 2}, []int{0, 0, 1, 2}},
+		{"short: 5 written, 2 quarantined of 10", Result{SuccessfulRows: 5, QuarantinedRows: 2}, []int{0, 1, 2, 2}, []int{0, 0, 1, 1}},
+		{"nothing counted", Result{}, []int{0, 0, 0, 0}, []int{0, 0, 0, 0}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &Batch{Key: buffer.Key{Datasource: "ds"}}
+			var ws []*buffer.Waiter
+			for i, n := range rowsOf {
+				w := buffer.NewWaiter()
+				ws = append(ws, w)
+				data := strings.Repeat(`{}`+"\n", n)
+				b.add([]byte(data), n, int64(10+i), w)
+			}
+			b.finishWaiters(tt.res, nil)
+			for i, w := range ws {
+				s, q, f := w.Result()
+				if s != tt.wantS[i] || q != tt.wantQ[i] || f != nil {
+					t.Errorf("request %d (%d rows): told %d successful, %d quarantined (%v); want %d and %d",
+						i, rowsOf[i], s, q, f, tt.wantS[i], tt.wantQ[i])
+				}
+			}
+		})
+	}
+	b := &Batch{}
+	w := buffer.NewWaiter()
+	b.add([]byte("{}\n"), 1, 1, w)
+	b.finishWaiters(Result{}, &buffer.Failure{Status: 400, Message: "no"})
+	if s, q, f := w.Result(); s != 0 || q != 0 || f == nil || f.Status != 400 {
+		t.Errorf("a refused batch: told %d, %d, %+v; want the failure", s, q, f)
+	}
+}
+
+// TestBatchRemembersItsOldestEvent: a batch's first event time is the
+// earliest of its parts', whatever order they were added in.
+func TestBatchRemembersItsOldestEvent(t *testing.T) {
+	b := &Batch{}
+	for _, at := range []int64{50, 30, 70, 30} {
+		b.add([]byte("{}\n"), 1, at, nil)
+	}
+	if b.first != 30 {
+		t.Errorf("first = %d; want 30, the earliest", b.first)
+	}
+}
