@@ -151,6 +151,17 @@ func TestBacklogMerged(t *testing.T) {
 	if fmt.Sprint(sizes) != "[9 9 3]" {
 		t.Errorf("rows per request: got %v; want [9 9 3]", sizes)
 	}
+	// Batches that add up to exactly the limits are merged, rows or bytes.
+	for _, lim := range []policy{{rows: 10, bytes: 1 << 20, interval: time.Hour}, {rows: 1000, bytes: 30, interval: time.Hour}} {
+		s := &stream{key: buffer.Key{Datasource: "ds"}}
+		for range 2 { // 5 rows, 15 bytes each
+			s.add(buffer.Entry{Data: []byte("{}\n{}\n{}\n{}\n{}\n"), Rows: 5, Accepted: 1}, lim, time.Now())
+			s.seal()
+		}
+		if b := s.next(lim); b == nil || b.Rows != 10 || b.Bytes != 30 {
+			t.Errorf("limits %d rows, %d bytes: first request %+v; want both batches merged", lim.rows, lim.bytes, b)
+		}
+	}
 }
 
 // TestFinishWaitersShares: each waiting request of a batch is told its own
