@@ -167,6 +167,16 @@ func TestNewClickHouseChecks(t *testing.T) {
 			t.Errorf("NewClickHouse(%+v): got nil error; want one", o)
 		}
 	}
+	// The ends of the ratio are valid, and unset limits get their defaults.
+	for _, ratio := range []float64{0, 1} {
+		c, err := NewClickHouse(ClickHouseOptions{Addr: "h:1", Database: "x", AllowErrorsRatio: ratio})
+		if err != nil {
+			t.Fatalf("ratio %g: %v", ratio, err)
+		}
+		if c.opts.Timeout != 30*time.Second || c.opts.MaxConns != 16 || c.opts.User != "default" {
+			t.Errorf("defaults: timeout %s, %d connections, user %q; want 30s, 16, default", c.opts.Timeout, c.opts.MaxConns, c.opts.User)
+		}
+	}
 }
 
 // fakeCH is a scripted stand-in for ClickHouse's HTTP interface, for what a
