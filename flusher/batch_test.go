@@ -127,9 +127,15 @@ func TestClassify(t *testing.T) {
 func TestBackoffBounded(t *testing.T) {
 	f := &Flusher{opts: Options{MinBackoff: 10 * time.Second, MaxBackoff: time.Minute}}
 	for attempt := 1; attempt <= 200; attempt++ {
-		d := f.backoff(attempt)
-		if d < 5*time.Second || d > time.Minute {
-			t.Fatalf("backoff(%d) = %s; want within [5s, 1m]", attempt, d)
+		// Retry k waits between half and all of min(MinBackoff*2^(k-1), MaxBackoff).
+		full := time.Minute
+		if attempt <= 3 {
+			full = 10 * time.Second << (attempt - 1)
+		}
+		for range 20 {
+			if d := f.backoff(attempt); d < full/2 || d > full {
+				t.Fatalf("backoff(%d) = %s; want within [%s, %s]", attempt, d, full/2, full)
+			}
 		}
 	}
 }

@@ -352,3 +352,24 @@ func TestBoundedRetriesDrop(t *testing.T) {
 		t.Errorf("dead letter record %s; want the whole error and reason upstream_rejected", meta)
 	}
 }
+
+// TestBackoffBetweenAttempts: without a Retry-After, retries of a failing
+// batch wait the flusher's own backoff, growing from attempt to attempt
+// (lower bounds only: a slow machine can make waits longer, never shorter).
+func TestBackoffBetweenAttempts(t *testing.T) {
+	fb := fakebird.NewTB(t, fakebird.Options{})
+	fb.Script(fakebird.Response{Status: 500}, fakebird.Response{Status: 500}, fakebird.Response{Status: 500})
+	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond,
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second})
+	h.put(t, buffer.Key{Datasource: "ds"}, event(1))
+	waitRows(t, fb, 1)
+	reqs := fb.Requests()
+	if len(reqs) != 4 {
+		t.Fatalf("%d requests; want 3 failures and the success", len(reqs))
+	}
+	for i, least := range []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond} {
+		if gap := reqs[i+1].Time.Sub(reqs[i].Time); gap < least {
+			t.Errorf("retry %d came %s after the failure; want at least %s", i+1, gap, least)
+		}
+	}
+}

@@ -276,12 +276,13 @@ func TestRejectedBatchIsDropped(t *testing.T) {
 // accounted as a drop, not silently as delivered.
 func TestShortAckIsCounted(t *testing.T) {
 	fb := fakebird.NewTB(t, fakebird.Options{})
-	fb.Script(fakebird.Response{Status: 200, Body: `{"successful_rows":1,"quarantined_rows":0}`})
+	fb.Script(fakebird.Response{Status: 200, Body: `{"successful_rows":1,"quarantined_rows":1}`})
 	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour})
-	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2), event(3))
+	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2), event(3), event(4))
 	if err := h.stop(t); err != nil {
 		t.Fatal(err)
 	}
+	// 4 sent, 1 written, 1 quarantined: 2 unaccounted for.
 	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonUpstreamShortAck)); got != 2 {
 		t.Errorf("dropped{reason=upstream_short_ack}: got %v; want 2", got)
 	}
