@@ -36,7 +36,8 @@ func parseCHError(status int, header func(string) string, body []byte) chError {
 			i++
 		}
 		e.code, _ = strconv.Atoi(rest[:i])
-		if _, after, ok := strings.Cut(rest, "DB::Exception: "); ok {
+		// DB::Exception, DB::NetException, DB::ErrnoException, …
+		if _, after, ok := strings.Cut(rest, "Exception: "); ok {
 			s = after
 		}
 	}

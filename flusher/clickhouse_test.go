@@ -54,6 +54,20 @@ func TestParseCHError(t *testing.T) {
 		252, "TOO_MANY_PARTS", "Too many parts (300). Merges are processing significantly slower than inserts.")
 	f(400, "", "Code: 1234. DB::Exception: something new (CANNOT_PARSE_WHATEVER) (version 25.1.1.1)",
 		1234, "CANNOT_PARSE_WHATEVER", "something new")
+	// Codes with the digits 0 and 9, names starting with A and Z and holding digits.
+	f(500, "", "Code: 209, e.displayText() = DB::NetException: Timeout exceeded while reading from socket, e.what() = DB::NetException",
+		209, "SOCKET_TIMEOUT", "Timeout exceeded while reading from socket")
+	f(500, "", "Code: 90. DB::Exception: gone (ABORTED) (version 24.1.1.1)", 90, "ABORTED", "gone")
+	f(500, "", "Code: 999. DB::Exception: keeper (ZK_SESSION_9) (version 24.1.1.1)", 999, "ZK_SESSION_9", "keeper")
+	// A parenthesis that is no code name stays in the text.
+	f(500, "", "Code: 252. DB::Exception: Too many parts (300) (version 24.1.1.1)", 252, "TOO_MANY_PARTS", "Too many parts (300)")
+	f(500, "", "Code: 1. DB::Exception: odd (aB) (version 24.1.1.1)", 1, "", "odd (aB)")
+	// A header code wins; a zero or junk one does not.
+	f(500, "241", "Code: 1. DB::Exception: x (version 24.1.1.1)", 241, "MEMORY_LIMIT_EXCEEDED", "x")
+	f(500, "0", "Code: 60. DB::Exception: x (version 24.1.1.1)", 60, "UNKNOWN_TABLE", "x")
+	// A long message is cut at maxErrorText.
+	long := strings.Repeat("y", maxErrorText+10)
+	f(500, "", "Code: 1. DB::Exception: "+long+" (version 24.1.1.1)", 1, "", long[:maxErrorText]+"…")
 	// Not ClickHouse: a proxy in front of it.
 	f(502, "", "<html>bad gateway</html>", 0, "", "<html>bad gateway</html>")
 	f(503, "", "", 0, "", "(empty body)")
