@@ -247,6 +247,7 @@ func TestRollFailureRecovers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { s.Close() }) // before TempDir's removal, which the spool would see as a vanished segment
 			key := buffer.Key{Datasource: "ds"}
 			line := lines(fmt.Sprintf(`{"pad":%q}`, strings.Repeat("x", 100)))
 			if err := s.PutWaiting(key, line, nil); err != nil {
