@@ -94,7 +94,10 @@ func requestMemoryNeed(maxBody, maxEvents int64) int64 {
 }
 
 // tokenShape reports whether t looks like a token the proxy accepts from a
-// client: 1 to max bytes of printable ASCII, no spaces.
+// client: 1 to max bytes of printable ASCII, no spaces. It is the rule of
+// buffer.ValidToken, restated: config stays a leaf package (house style §1).
+// config_test checks it (spaces, length) as proxy's security tests check
+// the buffer's.
 func tokenShape(t string, max int) bool {
 	if len(t) == 0 || len(t) > max {
 		return false
