@@ -101,9 +101,9 @@ func reserve(bb *bodyBuf, n int, c *charge) bool {
 // read reads r to its end, or to limit+1 bytes, whichever comes first; n >
 // limit means the body is too large. sizeHint, when larger than the pooled
 // buffer, is the capacity reserved before reading (the size the body says
-// it has); the buffer still grows past it as needed. Every byte of buffer it grows is
-// charged to c first, so a body costs the budget what it really holds as it
-// arrives, and a slow client holds only what it has sent. errOverBudget
+// it has); the buffer still grows past it as needed. Every byte of buffer
+// it grows is charged to c first, so a body costs the budget what it really
+// holds as it arrives, and a slow client holds only what it has sent. errOverBudget
 // means the budget ran out. The buffer (nil if none was had) is the
 // caller's until it hands it back with put, even when err is not nil.
 func (p *bodyPool) read(r io.Reader, limit, sizeHint int, c *charge) (bb *bodyBuf, n int64, err error) {
