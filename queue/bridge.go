@@ -17,8 +17,12 @@ import (
 // readiness high-water mark (0.9 by default).
 const bridgeFill = 0.5
 
-// fetchBatch is the most messages asked for in one pull request.
-const fetchBatch = 256
+// fetchBatch is the most messages asked for in one pull request, and
+// fetchWait the longest one stays open.
+const (
+	fetchBatch = 256
+	fetchWait  = time.Second
+)
 
 // Run is the bridge: it fetches messages from the shared consumer while the
 // local buffer has room and puts each in the buffer, until ctx ends. Call it
@@ -35,7 +39,7 @@ func (q *Queue) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		batch, err := q.cons.Fetch(fetchBatch, jetstream.FetchMaxWait(time.Second))
+		batch, err := q.cons.Fetch(fetchBatch, jetstream.FetchMaxWait(fetchWait))
 		if err == nil {
 			for msg := range batch.Messages() {
 				q.take(ctx, msg)
@@ -117,8 +121,12 @@ func (q *Queue) take(ctx context.Context, msg jetstream.Msg) {
 			}
 			fallthrough
 		case errors.Is(err, buffer.ErrClosed):
+			// This replica is stopping, and its pull request may still be
+			// open: a plain nak would come straight back into it, again
+			// and again, until QUEUE_MAX_DELIVER dead-letters the rows.
+			// Delayed past the pull's end, it goes to another replica.
 			if q.held.remove(msg) {
-				_ = msg.Nak()
+				_ = msg.NakWithDelay(fetchWait)
 				q.m.naked.Inc()
 			}
 			return

@@ -1,17 +1,12 @@
 package queue
 
 import (
-	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/internal/natstest"
@@ -41,22 +36,8 @@ func (d *deadLetters) list() []string {
 // the test ends.
 func openQueue(t *testing.T, ns *natstest.Server, buf *buffer.Buffer, opts Options) *Queue {
 	t.Helper()
-	opts.URLs = ns.URL()
-	opts.MaxBytes = 64 << 20
-	q, err := Open(buf, opts, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- q.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		q.Close()
-	})
+	q := open(t, ns, buf, opts)
+	runBridge(t, q)
 	return q
 }
 
@@ -103,13 +84,7 @@ func TestBridgeChecksMessages(t *testing.T) {
 			publish("ds", wrongToken, `{"bad":"token"}`+"\n")
 			publish("ds", mode.token, `{"ok":0}`+"\n"+"[1]\n")
 			publish("ds", mode.token, `{"ok":1}`+"\n")
-			deadline := time.Now().Add(10 * time.Second)
-			for len(dead.list()) < 3 || buf.Len() < 1 {
-				if time.Now().After(deadline) {
-					t.Fatalf("dead letters %q, %d buffered; want 3 and 1", dead.list(), buf.Len())
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitFor(t, "3 dead letters and 1 buffered", func() bool { return len(dead.list()) == 3 && buf.Len() == 1 })
 			for _, d := range dead.list() {
 				if !strings.Contains(d, " malformed: ") {
 					t.Errorf("dead letter %q; want reason malformed", d)

@@ -1,0 +1,431 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/natstest"
+)
+
+// waitFor polls cond until it holds or 15s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// open opens a queue on ns in front of buf, without its bridge; the queue
+// is closed when the test ends.
+func open(t *testing.T, ns *natstest.Server, buf *buffer.Buffer, opts Options) *Queue {
+	t.Helper()
+	opts.URLs = ns.URL()
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = 64 << 20
+	}
+	q, err := Open(buf, opts, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
+// runBridge runs q's bridge until the returned stop is called or the test
+// ends; stop returns once Run has.
+func runBridge(t *testing.T, q *Queue) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// finish does what the flusher does with everything in buf: tells each
+// entry's waiter the outcome f (nil: delivered), as the one piece it sent,
+// and releases the entry.
+func finish(buf *buffer.Buffer, f *buffer.Failure) int {
+	n := 0
+	for _, e := range buf.Take(nil) {
+		ok := e.Rows
+		if f != nil {
+			ok = 0
+		}
+		if e.Waiter != nil {
+			e.Waiter.AddPart()
+			e.Waiter.Finish(ok, 0, f)
+		}
+		buf.Release(e.Key, e.Rows, e.Data)
+		n += e.Rows
+	}
+	return n
+}
+
+// client is a JetStream client of its own on ns, closed when the test ends.
+func client(t *testing.T, ns *natstest.Server) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// streamMsgs is how many messages the stream holds.
+func streamMsgs(t *testing.T, js jetstream.JetStream, stream string) uint64 {
+	t.Helper()
+	s, err := js.Stream(context.Background(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// wantCount checks a counter's value.
+func wantCount(t *testing.T, name string, c prometheus.Collector, want float64) {
+	t.Helper()
+	if got := testutil.ToFloat64(c); got != want {
+		t.Errorf("%s = %v; want %v", name, got, want)
+	}
+}
+
+func newBuffer() *buffer.Buffer {
+	return buffer.New(buffer.Options{MaxEvents: 1000, MaxBytes: 1 << 20})
+}
+
+func rows(ss ...string) [][]byte {
+	out := make([][]byte, len(ss))
+	for i, s := range ss {
+		out[i] = []byte(s)
+	}
+	return out
+}
+
+// TestWaitOutcomeCrossesReplicas: a wait=true request accepted by one
+// replica and delivered by another gets the delivering replica's outcome,
+// a success or upstream's refusal; either way the message is acked and
+// leaves the stream.
+func TestWaitOutcomeCrossesReplicas(t *testing.T) {
+	ns := natstest.Start(t)
+	js := client(t, ns)
+	opts := Options{Stream: "CROSS", Subject: "cross"}
+	front := open(t, ns, newBuffer(), opts) // accepts, runs no bridge
+	back := newBuffer()
+	q := open(t, ns, back, opts)
+	runBridge(t, q)
+	key := buffer.Key{Datasource: "events"}
+
+	for _, tc := range []struct {
+		name    string
+		failure *buffer.Failure
+	}{
+		{"delivered", nil},
+		{"refused", &buffer.Failure{Status: 403, Message: "invalid token", Reason: "token_denied"}},
+	} {
+		w := buffer.NewWaiter()
+		if err := front.PutWaiting(key, rows(`{"a":1}`, `{"a":2}`), w); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the other replica to buffer the rows", func() bool { return back.Len() == 2 })
+		finish(back, tc.failure)
+		select {
+		case <-w.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the accepting replica never heard the outcome", tc.name)
+		}
+		ok, _, f := w.Result()
+		switch {
+		case tc.failure == nil && (ok != 2 || f != nil):
+			t.Errorf("%s: result %d rows, failure %+v; want 2 rows and none", tc.name, ok, f)
+		case tc.failure != nil && (ok != 0 || f == nil || f.Status != 403 || f.Message != "invalid token" || f.Reason != "token_denied"):
+			t.Errorf("%s: result %d rows, failure %+v; want upstream's 403 and its message", tc.name, ok, f)
+		}
+	}
+	waitFor(t, "both messages acked and gone from the stream", func() bool { return streamMsgs(t, js, "CROSS") == 0 })
+	wantCount(t, "acked", q.m.acked, 2)
+	wantCount(t, "naked", q.m.naked, 0)
+}
+
+// TestRetainedRowsAreRedelivered: rows the flusher could not finish before
+// it stopped (Retained) are naked, and JetStream hands them out again.
+func TestRetainedRowsAreRedelivered(t *testing.T) {
+	ns := natstest.Start(t)
+	js := client(t, ns)
+	buf := newBuffer()
+	q := open(t, ns, buf, Options{Stream: "KEEP", Subject: "keep"})
+	runBridge(t, q)
+	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message buffered", func() bool { return buf.Len() == 1 })
+	finish(buf, &buffer.Failure{Retained: true})
+	waitFor(t, "the message buffered again", func() bool { return buf.Len() == 1 })
+	wantCount(t, "naked", q.m.naked, 1)
+	wantCount(t, "redelivered", q.m.redelivered, 1)
+	if got := streamMsgs(t, js, "KEEP"); got != 1 {
+		t.Errorf("stream holds %d messages; want 1 (kept for another replica)", got)
+	}
+}
+
+// TestMaxDeliverDeadLetters: a message on its QUEUE_MAX_DELIVER-th delivery
+// is dead-lettered with reason max_deliver and its waiting client told so,
+// instead of going round again.
+func TestMaxDeliverDeadLetters(t *testing.T) {
+	ns := natstest.Start(t)
+	js := client(t, ns)
+	buf := newBuffer()
+	var dead deadLetters
+	q := open(t, ns, buf, Options{Stream: "MAXD", Subject: "maxd", MaxDeliver: 3, DeadLetter: dead.write})
+	w := buffer.NewWaiter()
+	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), w); err != nil {
+		t.Fatal(err)
+	}
+	// Two deliveries that another replica gave up on.
+	cons, err := js.Consumer(context.Background(), "MAXD", q.opts.Consumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			if err := m.Nak(); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		if n != 1 {
+			t.Fatalf("fetched %d messages; want 1 (%v)", n, batch.Error())
+		}
+	}
+	runBridge(t, q)
+	select {
+	case <-w.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting client was never told")
+	}
+	if _, _, f := w.Result(); f == nil || f.Reason != reasonMaxDeliver || f.Status != 500 || !strings.Contains(f.Message, "QUEUE_MAX_DELIVER") {
+		t.Errorf("failure %+v; want status 500, reason max_deliver, QUEUE_MAX_DELIVER named", f)
+	}
+	if got := dead.list(); len(got) != 1 || got[0] != "events max_deliver: "+`{"a":1}`+"\n" {
+		t.Errorf("dead letters %q; want the one row with reason max_deliver", got)
+	}
+	if buf.Len() != 0 {
+		t.Errorf("%d events buffered; want 0", buf.Len())
+	}
+	wantCount(t, "dead_lettered{max_deliver}", q.m.deadLettered.WithLabelValues(reasonMaxDeliver), 1)
+	waitFor(t, "the message terminated and gone from the stream", func() bool { return streamMsgs(t, js, "MAXD") == 0 })
+}
+
+// TestCloseNaksHeldMessages: a replica that stops while its buffer holds
+// messages naks them, and another replica delivers them.
+func TestCloseNaksHeldMessages(t *testing.T) {
+	ns := natstest.Start(t)
+	js := client(t, ns)
+	opts := Options{Stream: "HAND", Subject: "hand"}
+	first := newBuffer()
+	q1 := open(t, ns, first, opts)
+	stop := runBridge(t, q1)
+	if err := q1.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`, `{"a":2}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first replica to buffer the rows", func() bool { return first.Len() == 2 })
+	if got := q1.held.len(); got != 1 {
+		t.Errorf("held = %d; want 1", got)
+	}
+	stop()
+	if err := q1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantCount(t, "naked", q1.m.naked, 1)
+	second := newBuffer()
+	q2 := open(t, ns, second, opts)
+	runBridge(t, q2)
+	waitFor(t, "the second replica to buffer the rows", func() bool { return second.Len() == 2 })
+	wantCount(t, "redelivered", q2.m.redelivered, 1)
+	// The first replica's flusher finishing late must not ack what it gave away.
+	finish(first, nil)
+	if got := testutil.ToFloat64(q1.m.acked); got != 0 {
+		t.Errorf("first replica acked %v after Close; want 0", got)
+	}
+	if got := streamMsgs(t, js, "HAND"); got != 1 {
+		t.Errorf("stream holds %d messages; want 1 (kept for another replica)", got)
+	}
+}
+
+// TestStopWhileWaitingForRoom: a message fetched while the buffer has no
+// room for it waits; a replica that stops meanwhile gives it back once,
+// without spending its deliveries, and another replica delivers it.
+func TestStopWhileWaitingForRoom(t *testing.T) {
+	ns := natstest.Start(t)
+	js := client(t, ns)
+	buf := buffer.New(buffer.Options{MaxEvents: 3, MaxBytes: 1 << 20})
+	if err := buf.Put(buffer.Key{Datasource: "local"}, rows(`{"held":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	q := open(t, ns, buf, Options{Stream: "ROOM", Subject: "room"})
+	stop := runBridge(t, q)
+	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`, `{"a":2}`, `{"a":3}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bridge to fetch the message", func() bool { return q.held.len() == 1 })
+	stop()
+	wantCount(t, "naked", q.m.naked, 1)
+	wantCount(t, "acked", q.m.acked, 0)
+	if buf.Len() != 1 {
+		t.Errorf("%d events buffered; want only the 1 already there", buf.Len())
+	}
+	if got := streamMsgs(t, js, "ROOM"); got != 1 {
+		t.Errorf("stream holds %d messages; want 1 (kept for another replica)", got)
+	}
+	other := newBuffer()
+	q2 := open(t, ns, other, Options{Stream: "ROOM", Subject: "room"})
+	runBridge(t, q2)
+	waitFor(t, "another replica to buffer the rows", func() bool { return other.Len() == 3 })
+	wantCount(t, "dead_lettered{max_deliver}", q2.m.deadLettered.WithLabelValues(reasonMaxDeliver), 0)
+}
+
+// TestUnbufferableMessagesDeadLetter: a message larger than this replica's
+// whole buffer, or for a token upstream just refused, is dead-lettered with
+// its reason instead of going round forever.
+func TestUnbufferableMessagesDeadLetter(t *testing.T) {
+	ns := natstest.Start(t)
+	js := client(t, ns)
+	buf := buffer.New(buffer.Options{MaxEvents: 2, MaxBytes: 1 << 20})
+	var dead deadLetters
+	q := open(t, ns, buf, Options{Stream: "NOFIT", Subject: "nofit", ClientTokens: true, DeadLetter: dead.write})
+	denied := buffer.Key{Datasource: "events", Token: "refused-token"}
+	buf.Deny(denied, time.Now().Add(time.Hour))
+	if err := q.PutWaiting(buffer.Key{Datasource: "big", Token: "t"}, rows(`{"a":1}`, `{"a":2}`, `{"a":3}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.PutWaiting(denied, rows(`{"a":4}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	runBridge(t, q)
+	waitFor(t, "two dead letters", func() bool { return len(dead.list()) == 2 })
+	got := strings.Join(dead.list(), "|")
+	if !strings.Contains(got, "big too_large: ") || !strings.Contains(got, "events token_denied: ") {
+		t.Errorf("dead letters %q; want one too_large and one token_denied", got)
+	}
+	wantCount(t, "dead_lettered{too_large}", q.m.deadLettered.WithLabelValues(reasonTooLarge), 3)
+	wantCount(t, "dead_lettered{token_denied}", q.m.deadLettered.WithLabelValues(reasonDenied), 1)
+	waitFor(t, "both terminated and gone from the stream", func() bool { return streamMsgs(t, js, "NOFIT") == 0 })
+}
+
+// TestFullStreamRefuses: a stream at QUEUE_MAX_BYTES refuses new requests
+// with buffer.ErrFull (the client's 429), counted as full.
+func TestFullStreamRefuses(t *testing.T) {
+	ns := natstest.Start(t)
+	q := open(t, ns, newBuffer(), Options{Stream: "FULL", Subject: "full", MaxBytes: 4096})
+	line := []byte(`{"pad":"` + strings.Repeat("x", 1000) + `"}`)
+	var err error
+	for i := 0; i < 10 && err == nil; i++ {
+		err = q.PutWaiting(buffer.Key{Datasource: "events"}, [][]byte{line}, nil)
+	}
+	if !errors.Is(err, buffer.ErrFull) {
+		t.Fatalf("publishing past the stream's limit: %v; want buffer.ErrFull", err)
+	}
+	wantCount(t, "publishes{full}", q.m.publishes.WithLabelValues(resultFull), 1)
+	wantCount(t, "publishes{error}", q.m.publishes.WithLabelValues(resultError), 0)
+}
+
+// TestHeldMessagesAreNotRedelivered: a message waiting in the buffer longer
+// than the ack wait (a slow upstream) is kept in progress, so JetStream
+// does not hand it to a replica a second time. Nothing here can be waited
+// on: the test must let more than two ack waits pass.
+func TestHeldMessagesAreNotRedelivered(t *testing.T) {
+	ns := natstest.Start(t)
+	buf := newBuffer()
+	q := open(t, ns, buf, Options{Stream: "SLOW", Subject: "slow", AckWait: 1500 * time.Millisecond})
+	runBridge(t, q)
+	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message buffered", func() bool { return buf.Len() == 1 })
+	time.Sleep(4 * time.Second)
+	if got := testutil.ToFloat64(q.m.fetched); got != 1 {
+		t.Errorf("fetched %v times while held; want 1", got)
+	}
+	if buf.Len() != 1 {
+		t.Errorf("%d events buffered; want 1", buf.Len())
+	}
+}
+
+// TestWaitEntriesExpire: a wait=true entry is forgotten once its deadline
+// has passed (the handler answered 503), and an outcome arriving after
+// that is ignored.
+func TestWaitEntriesExpire(t *testing.T) {
+	ws := waits{m: make(map[string]*waiting)}
+	t0 := time.Now()
+	keep := ws.add(buffer.NewWaiter(), t0.Add(time.Second))
+	gone := ws.add(buffer.NewWaiter(), t0)
+	if keep == gone {
+		t.Fatalf("two entries got the same id %q", keep)
+	}
+	ws.expire(t0) // at, not after, its deadline: kept
+	if len(ws.m) != 2 {
+		t.Fatalf("%d entries after expire at the deadline; want 2", len(ws.m))
+	}
+	ws.expire(t0.Add(time.Millisecond))
+	if ws.take(gone) != nil {
+		t.Error("an entry past its deadline was still there")
+	}
+	if ws.take(keep) == nil {
+		t.Error("an entry before its deadline was forgotten")
+	}
+	if ws.take(keep) != nil {
+		t.Error("an entry was taken twice")
+	}
+}
+
+// TestRedact: a NATS URL's credentials never reach a log line.
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://user:secret@h:4222": "nats://REDACTED@h:4222",
+		"nats://h:4222":             "nats://h:4222",
+		"tls://tok@h":               "tls://REDACTED@h",
+	} {
+		if got := redact(in); got != want {
+			t.Errorf("redact(%q) = %q; want %q", in, got, want)
+		}
+	}
+}
