@@ -14,6 +14,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
 // slowUpload starts a POST of a body of whole events, at most size bytes,
@@ -51,18 +52,6 @@ func slowUpload(t *testing.T, addr string, size, sent int) (finish func() respon
 	}
 }
 
-// waitFor polls cond until it holds or 10s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestRequestMemoryBudget: requests being read hold memory against
 // RequestMemoryBytes; one that finds it spent gets 503 with Retry-After and
 // a JSON body, nothing is stored, and once the others finish the budget is
@@ -80,7 +69,7 @@ func TestRequestMemoryBudget(t *testing.T) {
 	for range 3 {
 		finish = append(finish, slowUpload(t, addr, maxBody, 900_000))
 	}
-	waitFor(t, "the uploads to hold their bytes", func() bool { return gauge() >= 2_700_000 })
+	poll.Until(t, "the uploads to hold their bytes", func() bool { return gauge() >= 2_700_000 })
 
 	// A zstd body that declares 900 KB of content needs a decode buffer of
 	// that size: there is no room for it.
@@ -98,7 +87,7 @@ func TestRequestMemoryBudget(t *testing.T) {
 			t.Errorf("upload %d: got %d %s; want 202", i, res.status, res.body)
 		}
 	}
-	waitFor(t, "the budget to be given back", func() bool { return gauge() == 0 })
+	poll.Until(t, "the budget to be given back", func() bool { return gauge() == 0 })
 	res = ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, zstded(t, big))
 	if res.status != 202 {
 		t.Fatalf("after the uploads: got %d %s; want 202", res.status, res.body)
@@ -204,7 +193,7 @@ func TestWaitingRequestsHoldNoBody(t *testing.T) {
 			answers <- answer{r.StatusCode, string(b)}
 		}()
 		// One at a time: each decodes alone, then waits.
-		waitFor(t, "the request to wait", func() bool { return ts.buf.Len() == i+1 })
+		poll.Until(t, "the request to wait", func() bool { return ts.buf.Len() == i+1 })
 	}
 	if got := testutil.ToFloat64(ts.srv.m.requestMemory); got != 0 {
 		t.Errorf("request memory held by waiting requests = %v; want 0", got)

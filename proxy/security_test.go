@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
 // rawRequest writes raw to addr as it is, byte for byte (no client library
@@ -344,7 +345,7 @@ func TestMaxConnectionsAnswersJSON(t *testing.T) {
 		t.Errorf("refused{reason=max_connections} = %v; want 1", got)
 	}
 	held[0].Close()
-	waitFor(t, "a connection to be served again", func() bool {
+	poll.Until(t, "a connection to be served again", func() bool {
 		return rawRequest(t, addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status == 200
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/internal/natstest"
+	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
 // deadLetters records what the bridge dead-letters, as main's wiring of
@@ -84,7 +85,7 @@ func TestBridgeChecksMessages(t *testing.T) {
 			publish("ds", wrongToken, `{"bad":"token"}`+"\n")
 			publish("ds", mode.token, `{"ok":0}`+"\n"+"[1]\n")
 			publish("ds", mode.token, `{"ok":1}`+"\n")
-			waitFor(t, "3 dead letters and 1 buffered", func() bool { return len(dead.list()) == 3 && buf.Len() == 1 })
+			poll.Until(t, "3 dead letters and 1 buffered", func() bool { return len(dead.list()) == 3 && buf.Len() == 1 })
 			for _, d := range dead.list() {
 				if !strings.Contains(d, " malformed: ") {
 					t.Errorf("dead letter %q; want reason malformed", d)

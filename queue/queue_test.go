@@ -15,19 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/internal/natstest"
+	"github.com/tbproxy/tbproxy/internal/poll"
 )
-
-// waitFor polls cond until it holds or 15s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // open opens a queue on ns in front of buf, without its bridge; the queue
 // is closed when the test ends.
@@ -161,7 +150,7 @@ func TestWaitOutcomeCrossesReplicas(t *testing.T) {
 		if err := front.PutWaiting(key, rows(`{"a":1}`, `{"a":2}`), w); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the other replica to buffer the rows", func() bool { return back.Len() == 2 })
+		poll.Until(t, "the other replica to buffer the rows", func() bool { return back.Len() == 2 })
 		finish(back, tc.failure)
 		select {
 		case <-w.Done():
@@ -176,7 +165,7 @@ func TestWaitOutcomeCrossesReplicas(t *testing.T) {
 			t.Errorf("%s: result %d rows, failure %+v; want upstream's 403 and its message", tc.name, ok, f)
 		}
 	}
-	waitFor(t, "both messages acked and gone from the stream", func() bool { return streamMsgs(t, js, "CROSS") == 0 })
+	poll.Until(t, "both messages acked and gone from the stream", func() bool { return streamMsgs(t, js, "CROSS") == 0 })
 	wantCount(t, "acked", q.m.acked, 2)
 	wantCount(t, "naked", q.m.naked, 0)
 }
@@ -192,9 +181,9 @@ func TestRetainedRowsAreRedelivered(t *testing.T) {
 	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the message buffered", func() bool { return buf.Len() == 1 })
+	poll.Until(t, "the message buffered", func() bool { return buf.Len() == 1 })
 	finish(buf, &buffer.Failure{Retained: true})
-	waitFor(t, "the message buffered again", func() bool { return buf.Len() == 1 })
+	poll.Until(t, "the message buffered again", func() bool { return buf.Len() == 1 })
 	wantCount(t, "naked", q.m.naked, 1)
 	wantCount(t, "redelivered", q.m.redelivered, 1)
 	if got := streamMsgs(t, js, "KEEP"); got != 1 {
@@ -252,7 +241,7 @@ func TestMaxDeliverDeadLetters(t *testing.T) {
 		t.Errorf("%d events buffered; want 0", buf.Len())
 	}
 	wantCount(t, "dead_lettered{max_deliver}", q.m.deadLettered.WithLabelValues(reasonMaxDeliver), 1)
-	waitFor(t, "the message terminated and gone from the stream", func() bool { return streamMsgs(t, js, "MAXD") == 0 })
+	poll.Until(t, "the message terminated and gone from the stream", func() bool { return streamMsgs(t, js, "MAXD") == 0 })
 }
 
 // TestCloseNaksHeldMessages: a replica that stops while its buffer holds
@@ -267,7 +256,7 @@ func TestCloseNaksHeldMessages(t *testing.T) {
 	if err := q1.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`, `{"a":2}`), nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the first replica to buffer the rows", func() bool { return first.Len() == 2 })
+	poll.Until(t, "the first replica to buffer the rows", func() bool { return first.Len() == 2 })
 	if got := q1.held.len(); got != 1 {
 		t.Errorf("held = %d; want 1", got)
 	}
@@ -279,7 +268,7 @@ func TestCloseNaksHeldMessages(t *testing.T) {
 	second := newBuffer()
 	q2 := open(t, ns, second, opts)
 	runBridge(t, q2)
-	waitFor(t, "the second replica to buffer the rows", func() bool { return second.Len() == 2 })
+	poll.Until(t, "the second replica to buffer the rows", func() bool { return second.Len() == 2 })
 	wantCount(t, "redelivered", q2.m.redelivered, 1)
 	// The first replica's flusher finishing late must not ack what it gave away.
 	finish(first, nil)
@@ -306,7 +295,7 @@ func TestStopWhileWaitingForRoom(t *testing.T) {
 	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`, `{"a":2}`, `{"a":3}`), nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the bridge to fetch the message", func() bool { return q.held.len() == 1 })
+	poll.Until(t, "the bridge to fetch the message", func() bool { return q.held.len() == 1 })
 	stop()
 	wantCount(t, "naked", q.m.naked, 1)
 	wantCount(t, "acked", q.m.acked, 0)
@@ -319,7 +308,7 @@ func TestStopWhileWaitingForRoom(t *testing.T) {
 	other := newBuffer()
 	q2 := open(t, ns, other, Options{Stream: "ROOM", Subject: "room"})
 	runBridge(t, q2)
-	waitFor(t, "another replica to buffer the rows", func() bool { return other.Len() == 3 })
+	poll.Until(t, "another replica to buffer the rows", func() bool { return other.Len() == 3 })
 	wantCount(t, "dead_lettered{max_deliver}", q2.m.deadLettered.WithLabelValues(reasonMaxDeliver), 0)
 }
 
@@ -341,14 +330,14 @@ func TestUnbufferableMessagesDeadLetter(t *testing.T) {
 		t.Fatal(err)
 	}
 	runBridge(t, q)
-	waitFor(t, "two dead letters", func() bool { return len(dead.list()) == 2 })
+	poll.Until(t, "two dead letters", func() bool { return len(dead.list()) == 2 })
 	got := strings.Join(dead.list(), "|")
 	if !strings.Contains(got, "big too_large: ") || !strings.Contains(got, "events token_denied: ") {
 		t.Errorf("dead letters %q; want one too_large and one token_denied", got)
 	}
 	wantCount(t, "dead_lettered{too_large}", q.m.deadLettered.WithLabelValues(reasonTooLarge), 3)
 	wantCount(t, "dead_lettered{token_denied}", q.m.deadLettered.WithLabelValues(reasonDenied), 1)
-	waitFor(t, "both terminated and gone from the stream", func() bool { return streamMsgs(t, js, "NOFIT") == 0 })
+	poll.Until(t, "both terminated and gone from the stream", func() bool { return streamMsgs(t, js, "NOFIT") == 0 })
 }
 
 // TestFullStreamRefuses: a stream at QUEUE_MAX_BYTES refuses new requests
@@ -380,7 +369,7 @@ func TestHeldMessagesAreNotRedelivered(t *testing.T) {
 	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the message buffered", func() bool { return buf.Len() == 1 })
+	poll.Until(t, "the message buffered", func() bool { return buf.Len() == 1 })
 	time.Sleep(4 * time.Second)
 	if got := testutil.ToFloat64(q.m.fetched); got != 1 {
 		t.Errorf("fetched %v times while held; want 1", got)
