@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net"
 	"strconv"
 	"sync/atomic"
@@ -46,7 +47,21 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// limitedConn gives its place back to its listener once, when closed.
+// Lingering close: what a client is still sending when the proxy closes
+// its connection (the rest of a body over MAX_BODY_BYTES, headers over
+// MAX_HEADER_BYTES) is read and dropped for up to lingerTime and
+// lingerBytes, after the write side is shut. Closed at once, the kernel
+// would answer those bytes with a reset, and a reset can destroy the
+// proxy's answer (its JSON 413 or 431) before the client reads it. nginx
+// and Apache do the same.
+const (
+	lingerTime  = 2 * time.Second
+	lingerBytes = 64 << 20
+)
+
+// limitedConn gives its place back to its listener once, when closed, and
+// closes gently (see lingerTime). A lingering connection keeps its place,
+// so MaxConnections bounds those too.
 type limitedConn struct {
 	net.Conn
 	l      *limitListener
@@ -54,8 +69,19 @@ type limitedConn struct {
 }
 
 func (c *limitedConn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
-		c.l.open.Add(-1)
+	if !c.closed.CompareAndSwap(false, true) {
+		return nil
 	}
-	return c.Conn.Close()
+	tc, ok := c.Conn.(*net.TCPConn)
+	if !ok || tc.CloseWrite() != nil {
+		defer c.l.open.Add(-1)
+		return c.Conn.Close()
+	}
+	go func() {
+		defer c.l.open.Add(-1)
+		_ = tc.SetReadDeadline(time.Now().Add(lingerTime))
+		_, _ = io.CopyN(io.Discard, tc, lingerBytes)
+		_ = tc.Close()
+	}()
+	return nil
 }
