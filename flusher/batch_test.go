@@ -58,9 +58,9 @@ func TestStreamAdd(t *testing.T) {
 	entry := func(lines ...string) buffer.Entry {
 		return buffer.Entry{Data: []byte(strings.Join(lines, "\n") + "\n"), Rows: len(lines), Accepted: 1}
 	}
-	s.add(entry("{}", "{}", "{}"), p, now)                         // 9 bytes, 3 rows
-	s.add(entry("{}", "{}", "{}"), p, now)                         // fills rows to 4, then 2 more
-	s.add(entry(`{"long":"`+strings.Repeat("x", 30)+`"}`), p, now) // larger than a whole batch
+	s.add(entry("{}", "{}", "{}"), p, now)                               // 9 bytes, 3 rows
+	s.add(entry("{}", "{}", "{}"), p, now)                               // fills rows to 4, then 2 more
+	s.add(entry(`{"long":"`+strings.Repeat("x", 30)+`"}`, "{}"), p, now) // a line larger than a whole batch, then one that is not
 	s.add(entry("{}"), p, now)
 	s.seal()
 	var got []string
@@ -74,7 +74,7 @@ func TestStreamAdd(t *testing.T) {
 		}
 		got = append(got, one.String())
 	}
-	want := []string{"{}\n{}\n{}\n{}\n", "{}\n{}\n", `{"long":"` + strings.Repeat("x", 30) + "\"}\n", "{}\n"}
+	want := []string{"{}\n{}\n{}\n{}\n", "{}\n{}\n", `{"long":"` + strings.Repeat("x", 30) + "\"}\n", "{}\n{}\n"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("batches: got %q; want %q", got, want)
 	}
@@ -186,6 +186,9 @@ func TestFinishWaitersShares(t *testing.T) {
 		{"3 quarantined", Result{SuccessfulRows: 7, QuarantinedRows: 3}, []int{1, 2, 2, 2}, []int{0, 0, 1, 2}},
 		{"short: 5 written, 2 quarantined of 10", Result{SuccessfulRows: 5, QuarantinedRows: 2}, []int{0, 1, 2, 2}, []int{0, 0, 1, 1}},
 		{"nothing counted", Result{}, []int{0, 0, 0, 0}, []int{0, 0, 0, 0}},
+		// Rounding would give request 3 two successful and two quarantined
+		// rows of its 3: no request is told of more rows than it sent.
+		{"short: 6 written, 3 quarantined of 10", Result{SuccessfulRows: 6, QuarantinedRows: 3}, []int{0, 1, 2, 2}, []int{0, 0, 1, 2}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := &Batch{Key: buffer.Key{Datasource: "ds"}}
@@ -224,5 +227,24 @@ func TestBatchRemembersItsOldestEvent(t *testing.T) {
 	}
 	if b.first != 30 {
 		t.Errorf("first = %d; want 30, the earliest", b.first)
+	}
+}
+
+// TestSplitKeepsCounts: each half of a split batch says how many rows and
+// bytes it holds (dead letters and metrics report them), also when the cut
+// falls inside one request's piece.
+func TestSplitKeepsCounts(t *testing.T) {
+	b := &Batch{Key: buffer.Key{Datasource: "ds"}}
+	b.add([]byte("{\"a\":1}\n{\"a\":22}\n{\"a\":333}\n"), 3, 1, buffer.NewWaiter())
+	b.add([]byte("{}\n"), 1, 2, nil)
+	first, second := b.split()
+	for i, h := range []*Batch{first, second} {
+		var data bytes.Buffer
+		if _, err := h.WriteTo(&data); err != nil {
+			t.Fatal(err)
+		}
+		if h.Rows != 2 || h.Rows != strings.Count(data.String(), "\n") || h.Bytes != data.Len() {
+			t.Errorf("half %d says %d rows %d bytes; holds %q (want 2 rows)", i, h.Rows, h.Bytes, data.String())
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -65,9 +66,14 @@ func TestParseCHError(t *testing.T) {
 	// A header code wins; a zero or junk one does not.
 	f(500, "241", "Code: 1. DB::Exception: x (version 24.1.1.1)", 241, "MEMORY_LIMIT_EXCEEDED", "x")
 	f(500, "0", "Code: 60. DB::Exception: x (version 24.1.1.1)", 60, "UNKNOWN_TABLE", "x")
-	// A long message is cut at maxErrorText.
+	// A long message is cut at maxErrorText; one of exactly that length is not.
 	long := strings.Repeat("y", maxErrorText+10)
 	f(500, "", "Code: 1. DB::Exception: "+long+" (version 24.1.1.1)", 1, "", long[:maxErrorText]+"…")
+	f(500, "", "Code: 1. DB::Exception: "+long[:maxErrorText]+" (version 24.1.1.1)", 1, "", long[:maxErrorText])
+	// Cut short: a code and nothing after it, or nothing before the version.
+	f(500, "", "Code: 60", 60, "UNKNOWN_TABLE", "Code: 60")
+	f(500, "", "Code: 1. DB::Exception:  (version 24.1.1.1)", 1, "", "(empty body)")
+	f(500, "", "Code: 1. DB::Exception:  (E0_X)", 1, "E0_X", "(empty body)")
 	// Not ClickHouse: a proxy in front of it.
 	f(502, "", "<html>bad gateway</html>", 0, "", "<html>bad gateway</html>")
 	f(503, "", "", 0, "", "(empty body)")
@@ -278,6 +284,64 @@ const newServerSettings = "insert_deduplication_token\ndate_time_input_format\ni
 // TestClickHouseSendRequest: the insert, its settings, credentials and a
 // byte-identical gzip body; the deduplication token is stable for a batch
 // and differs for another batch with the same rows.
+// TestIsCodeName: a code name is capital letters, digits and underscores,
+// starting with a letter; the bytes next to each of those ranges are not.
+func TestIsCodeName(t *testing.T) {
+	for s, want := range map[string]bool{
+		"AZ_09": true, "TOO_MANY_PARTS": true, "Z": true,
+		"": false, "0A": false, "@A": false, "[A": false, "A@": false, "A[": false, "A/": false, "A:": false, "Aa": false, "A-B": false,
+	} {
+		if got := isCodeName(s); got != want {
+			t.Errorf("isCodeName(%q) = %v; want %v", s, got, want)
+		}
+	}
+}
+
+// TestMayHaveWritten: which failures leave an insert's outcome unknown, so
+// a retry that ClickHouse drops as a duplicate is not taken for skipped
+// rows: a 5xx from whatever answered (a proxy in front of ClickHouse has
+// no code), and ClickHouse's timeouts and lost connections whatever their
+// status; never a refusal before anything was written.
+func TestMayHaveWritten(t *testing.T) {
+	for _, tc := range []struct {
+		status, code int
+		want         bool
+	}{
+		{502, 0, true}, {500, 0, true}, {499, 0, false}, {404, 0, false},
+		{500, 159, true}, {400, 209, true}, {500, 394, true},
+		{500, 60, false}, {400, 27, false},
+	} {
+		if got := (chError{status: tc.status, code: tc.code}).mayHaveWritten(); got != tc.want {
+			t.Errorf("status %d code %d: mayHaveWritten = %v; want %v", tc.status, tc.code, got, tc.want)
+		}
+	}
+}
+
+// TestInsertParams: the ratio reaches ClickHouse as written, the error
+// count is the ratio of the whole batch, and a batch above ClickHouse's
+// default block size is inserted as one block, so it is written whole or
+// not at all.
+func TestInsertParams(t *testing.T) {
+	c, err := NewClickHouse(ClickHouseOptions{Addr: "h:1", Database: "x", AllowErrorsRatio: 0.05})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := defaultMaxInsertBlockSize + 1
+	q := c.insertParams("`x`.`t`", big, "tok", "qid", &chFeatures{})
+	if got := q.Get("input_format_allow_errors_ratio"); got != "0.05" {
+		t.Errorf("input_format_allow_errors_ratio = %q; want 0.05", got)
+	}
+	if got, want := q.Get("input_format_allow_errors_num"), strconv.Itoa(int(0.05*float64(big))); got != want {
+		t.Errorf("input_format_allow_errors_num = %q; want %s", got, want)
+	}
+	if got := q.Get("max_insert_block_size"); got != strconv.Itoa(big) {
+		t.Errorf("max_insert_block_size = %q; want %d", got, big)
+	}
+	if q := c.insertParams("`x`.`t`", 10, "tok", "qid", &chFeatures{}); q.Has("max_insert_block_size") {
+		t.Errorf("a small batch set max_insert_block_size=%s; want the server's default", q.Get("max_insert_block_size"))
+	}
+}
+
 func TestClickHouseSendRequest(t *testing.T) {
 	t.Parallel()
 	f, c := newFakeCH(t, newServerSettings, func(int) (int, map[string]string, string) {
@@ -381,6 +445,25 @@ func TestClickHouseQuarantine(t *testing.T) {
 	_, inserts := f.seen()
 	if tok := inserts[1].params["insert_deduplication_token"]; tok != inserts[2].params["insert_deduplication_token"] {
 		t.Errorf("the retry carried another token")
+	}
+}
+
+// TestClickHouseQueryLogWithoutSummaries: a server that sends no
+// X-ClickHouse-Summary (18.x) keeps being asked to log its inserts, the
+// only other way to count skipped rows.
+func TestClickHouseQueryLogWithoutSummaries(t *testing.T) {
+	t.Parallel()
+	f, c := newFakeCH(t, "version 18.16.1\n", nil)
+	for i := range 2 {
+		if _, err := c.Send(context.Background(), chBatch("t", int64(i), `{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, inserts := f.seen()
+	for i, in := range inserts {
+		if in.params["log_queries"] != "1" {
+			t.Errorf("insert %d: log_queries=%q; want 1 while no summary was seen", i, in.params["log_queries"])
+		}
 	}
 }
 

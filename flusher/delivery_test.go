@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -117,6 +118,29 @@ func TestRateLimitHold(t *testing.T) {
 	}
 	if got := fb.StatusCounts()[429]; got != 0 {
 		t.Errorf("earned %d 429s; the proxy should have waited for the reset", got)
+	}
+}
+
+// TestRetryAfterSources: a 429's wait comes from Retry-After, else from
+// X-RateLimit-Reset; a 5xx's only from Retry-After (its X-RateLimit-Reset
+// is about a window it did not say was spent).
+func TestRetryAfterSources(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		status int
+		header map[string]string
+		want   time.Duration
+	}{
+		{429, map[string]string{"Retry-After": "3", "X-RateLimit-Reset": "7"}, 3 * time.Second},
+		{429, map[string]string{"X-RateLimit-Reset": "7"}, 7 * time.Second},
+		{503, map[string]string{"X-RateLimit-Reset": "7"}, 0},
+		{503, map[string]string{"Retry-After": "2"}, 2 * time.Second},
+	} {
+		err := classify(tc.status, nil, func(k string) string { return tc.header[k] }, now)
+		var re *RetryableError
+		if !errors.As(err, &re) || re.RetryAfter != tc.want {
+			t.Errorf("%d %v: got %v; want a RetryableError waiting %s", tc.status, tc.header, err, tc.want)
+		}
 	}
 }
 
@@ -371,5 +395,32 @@ func TestBackoffBetweenAttempts(t *testing.T) {
 		if gap := reqs[i+1].Time.Sub(reqs[i].Time); gap < least {
 			t.Errorf("retry %d came %s after the failure; want at least %s", i+1, gap, least)
 		}
+	}
+}
+
+// TestAppendFailureLeavesNoTornLine: a dead letter whose write fails
+// halfway is cut back out of the file and the failure is reported, so a
+// retry appends whole lines after the ones already there.
+func TestAppendFailureLeavesNoTornLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ds.ndjson")
+	if err := os.WriteFile(path, []byte("{\"kept\":1}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("disk full")
+	_, err := appendTo(path, func(w io.Writer) error {
+		if _, err := w.Write([]byte(`{"torn":`)); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Errorf("appendTo: got %v; want the write's error", err)
+	}
+	off, err := appendTo(path, func(w io.Writer) error { _, err := w.Write([]byte("{\"next\":2}\n")); return err })
+	if err != nil || off != int64(len("{\"kept\":1}\n")) {
+		t.Errorf("appendTo after a failure: offset %d, %v; want %d, nil", off, err, len("{\"kept\":1}\n"))
+	}
+	if got, _ := os.ReadFile(path); string(got) != "{\"kept\":1}\n{\"next\":2}\n" {
+		t.Errorf("file holds %q; want the kept line and the next one only", got)
 	}
 }

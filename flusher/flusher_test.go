@@ -474,6 +474,23 @@ func TestFileStemNeverLeavesTheDirectory(t *testing.T) {
 	}
 }
 
+// TestFileStemKeepsWhatIsReadable: a shortened stem starts with the name's
+// letters, digits and underscores, in order and nothing else, at most 200
+// of them, so an operator can still tell whose file it is.
+func TestFileStemKeepsWhatIsReadable(t *testing.T) {
+	neighbours := "`{@[/:" // the bytes just outside each kept range
+	for ds, prefix := range map[string]string{
+		neighbours + "azAZ09_" + neighbours: "azAZ09_",
+		strings.Repeat("x", 300):            strings.Repeat("x", 200),
+	} {
+		s := fileStem(ds)
+		head, sum, ok := strings.Cut(s, "-")
+		if !ok || head != prefix || len(sum) != 16 || strings.Trim(sum, "0123456789abcdef") != "" {
+			t.Errorf("fileStem(%q) = %q; want %q, '-' and 16 hex digits", ds, s, prefix)
+		}
+	}
+}
+
 // TestFileSinkPermanentErrorIsDropped: a write that can never succeed (the
 // datasource's file is a directory) drops the batch with a reason and tells
 // its waiter, instead of retrying forever while the buffer fills.

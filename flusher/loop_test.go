@@ -1,0 +1,158 @@
+package flusher
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/poll"
+)
+
+// gate is a scripted upstream: every Send is recorded, announced on sent,
+// and held until the test lets it through, then acknowledged whole. It
+// tests the flusher's loop without an HTTP client in the way.
+type gate struct {
+	sent chan string // each batch's NDJSON, as Send receives it
+	open chan struct{}
+
+	mu   sync.Mutex
+	rows map[string]int // datasource → rows acknowledged
+}
+
+func newGate() *gate {
+	return &gate{sent: make(chan string, 1024), open: make(chan struct{}, 1024), rows: make(map[string]int)}
+}
+
+func (g *gate) Send(ctx context.Context, b *Batch) (Result, error) {
+	var data bytes.Buffer
+	if _, err := b.WriteTo(&data); err != nil {
+		return Result{}, err
+	}
+	g.sent <- b.Key.Datasource + " " + data.String()
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return Result{}, &RetryableError{Err: ctx.Err()}
+	}
+	g.mu.Lock()
+	g.rows[b.Key.Datasource] += b.Rows
+	g.mu.Unlock()
+	return Result{SuccessfulRows: b.Rows}, nil
+}
+
+// next returns the next batch Send received.
+func (g *gate) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case s := <-g.sent:
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("no batch was sent")
+		return ""
+	}
+}
+
+// let lets n sends through.
+func (g *gate) let(n int) {
+	for range n {
+		g.open <- struct{}{}
+	}
+}
+
+func (g *gate) acked(ds string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.rows[ds]
+}
+
+// TestRowsArrivingDuringASendAreKept: rows that do not fit the batch in
+// flight start a new one; when the send ends, that batch is still there to
+// send, here by the drain at shutdown.
+func TestRowsArrivingDuringASendAreKept(t *testing.T) {
+	g := newGate()
+	h := startFlusher(t, g, Options{BatchRows: 2, FlushInterval: time.Hour, DrainTimeout: 2 * time.Second})
+	k := buffer.Key{Datasource: "ds"}
+	// Two rows fill a batch, sent at once; the third waits in a new one.
+	h.put(t, k, event(0), event(1), event(2))
+	if got := g.next(t); strings.Count(got, "\n") != 2 {
+		t.Fatalf("first batch %q; want 2 rows", got)
+	}
+	g.let(1)
+	poll.Until(t, "the first batch's rows released", func() bool { return h.buf.Len() == 1 })
+	g.let(1)
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := g.acked("ds"); got != 3 {
+		t.Errorf("%d rows acknowledged; want 3", got)
+	}
+}
+
+// TestStreamsAreForgottenWhenIdle: the flusher's state for a datasource
+// goes once the datasource has nothing left to send, so a proxy that sees
+// many datasources over time does not grow with them.
+func TestStreamsAreForgottenWhenIdle(t *testing.T) {
+	g := newGate()
+	h := startFlusher(t, g, Options{FlushInterval: time.Millisecond})
+	const n = 50
+	g.let(n)
+	for i := range n {
+		h.put(t, buffer.Key{Datasource: fmt.Sprintf("ds_%d", i)}, event(i))
+	}
+	poll.Until(t, "every row delivered", func() bool { return h.buf.Len() == 0 })
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	// Run has returned: its state can be read.
+	if len(h.f.streams) != 0 {
+		t.Errorf("%d datasources still have state after delivering everything; want 0", len(h.f.streams))
+	}
+}
+
+// TestOptionDefaults: what an operator sets is used as given, and what is
+// left unset (zero) gets the documented default.
+func TestOptionDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		in, want Options
+	}{
+		{Options{}, Options{FlushInterval: time.Second, MinBackoff: 100 * time.Millisecond, MaxBackoff: 10 * time.Second}},
+		{Options{FlushInterval: 5 * time.Millisecond, MinBackoff: 7 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
+			Options{FlushInterval: 5 * time.Millisecond, MinBackoff: 7 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}},
+		{Options{MinBackoff: time.Second, MaxBackoff: time.Second}, Options{FlushInterval: time.Second, MinBackoff: time.Second, MaxBackoff: time.Second}},
+		{Options{MinBackoff: 20 * time.Second}, Options{FlushInterval: time.Second, MinBackoff: 20 * time.Second, MaxBackoff: 20 * time.Second}},
+	} {
+		got := tc.in
+		got.setDefaults()
+		if got.FlushInterval != tc.want.FlushInterval || got.MinBackoff != tc.want.MinBackoff || got.MaxBackoff != tc.want.MaxBackoff {
+			t.Errorf("%+v: interval %s, backoff %s..%s; want %s, %s..%s", tc.in, got.FlushInterval, got.MinBackoff, got.MaxBackoff,
+				tc.want.FlushInterval, tc.want.MinBackoff, tc.want.MaxBackoff)
+		}
+	}
+}
+
+// TestOldestEventAge: tbproxy_buffer_oldest_event_age_seconds is the age of
+// the oldest event still held, not of the newest, while upstream holds
+// every batch.
+func TestOldestEventAge(t *testing.T) {
+	g := newGate()
+	h := startFlusher(t, g, Options{FlushInterval: time.Millisecond})
+	h.put(t, buffer.Key{Datasource: "old"}, event(0))
+	time.Sleep(600 * time.Millisecond)
+	newest := time.Now()
+	// Newer events keep the loop turning past two refreshes of the gauge.
+	i := 0
+	for time.Since(newest) < 600*time.Millisecond {
+		i++
+		h.put(t, buffer.Key{Datasource: "new"}, event(i))
+		time.Sleep(20 * time.Millisecond)
+	}
+	if age := h.f.oldestAge(); age < time.Since(newest)+300*time.Millisecond {
+		t.Errorf("oldest event age %s; want the first event's, over %s", age, time.Since(newest)+300*time.Millisecond)
+	}
+	g.let(i + 1)
+}
