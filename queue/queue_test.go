@@ -1,11 +1,14 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,11 +25,17 @@ import (
 // is closed when the test ends.
 func open(t *testing.T, ns *natstest.Server, buf *buffer.Buffer, opts Options) *Queue {
 	t.Helper()
+	return openLogging(t, ns, buf, opts, slog.New(slog.DiscardHandler))
+}
+
+// openLogging is open with the queue's log going to log.
+func openLogging(t *testing.T, ns *natstest.Server, buf *buffer.Buffer, opts Options, log *slog.Logger) *Queue {
+	t.Helper()
 	opts.URLs = ns.URL()
 	if opts.MaxBytes == 0 {
 		opts.MaxBytes = 64 << 20
 	}
-	q, err := Open(buf, opts, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	q, err := Open(buf, opts, prometheus.NewRegistry(), log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,5 +425,64 @@ func TestRedact(t *testing.T) {
 		if got := redact(in); got != want {
 			t.Errorf("redact(%q) = %q; want %q", in, got, want)
 		}
+	}
+}
+
+// TestQuietWhenAllIsWell: a message fetched, buffered, delivered and acked
+// leaves no warning or error in the log: the log is for trouble.
+func TestQuietWhenAllIsWell(t *testing.T) {
+	ns := natstest.Start(t)
+	var logged bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	buf := newBuffer()
+	q := openLogging(t, ns, buf, Options{Stream: "CALM", Subject: "calm"}, log)
+	// More messages than one fetch asks for: fetches that fill up and
+	// fetches that end short.
+	const n = fetchBatch + 44
+	for range n {
+		if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runBridge(t, q)
+	poll.Until(t, "every message buffered", func() bool { return buf.Len() == n })
+	finish(buf, nil)
+	poll.Until(t, "every message acked", func() bool { return testutil.ToFloat64(q.m.acked) == n })
+	mu.Lock()
+	defer mu.Unlock()
+	if logged.Len() != 0 {
+		t.Errorf("warnings in normal operation:\n%s", logged.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// TestOptionDefaults: what an operator sets is used as given; what is left
+// unset gets the documented default.
+func TestOptionDefaults(t *testing.T) {
+	var zero Options
+	zero.setDefaults()
+	want := Options{Stream: "TBPROXY", Subject: "tbproxy.events", Replicas: 1, MaxBytes: 4 << 30, MaxAge: 168 * time.Hour,
+		AckWait: 30 * time.Second, MaxDeliver: 10, Consumer: "tbproxy-flusher", PublishTimeout: 5 * time.Second,
+		WaitTimeout: 10 * time.Second, SetupTimeout: 15 * time.Second}
+	if fmt.Sprint(zero) != fmt.Sprint(want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", zero, want)
+	}
+	set := Options{Stream: "S", Subject: "s", Replicas: 3, MaxBytes: 1, MaxAge: time.Minute, AckWait: time.Second, MaxDeliver: 2,
+		Consumer: "c", PublishTimeout: time.Second, WaitTimeout: time.Second, SetupTimeout: time.Second}
+	got := set
+	got.setDefaults()
+	if fmt.Sprint(got) != fmt.Sprint(set) {
+		t.Errorf("set options changed:\n got %+v\nwant %+v", got, set)
 	}
 }
