@@ -486,3 +486,78 @@ func TestOptionDefaults(t *testing.T) {
 		t.Errorf("set options changed:\n got %+v\nwant %+v", got, set)
 	}
 }
+
+// TestReconnectsAfterNATSRestart: a NATS server that is down for several
+// reconnect attempts and comes back finds the replica reconnecting: it
+// reports not ready meanwhile, and takes and delivers requests again after.
+func TestReconnectsAfterNATSRestart(t *testing.T) {
+	ns := natstest.Start(t)
+	buf := newBuffer()
+	q := open(t, ns, buf, Options{Stream: "BACK", Subject: "back"})
+	runBridge(t, q)
+	ns.Stop()
+	poll.Until(t, "the replica to notice", func() bool { return q.Ready() != nil })
+	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), nil); !errors.Is(err, buffer.ErrStorage) {
+		t.Errorf("publishing while NATS is down: %v; want an error wrapping buffer.ErrStorage (503)", err)
+	}
+	time.Sleep(time.Second) // several reconnect attempts fail
+	ns.Start()
+	poll.Until(t, "the replica to reconnect", func() bool { return q.Ready() == nil })
+	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":2}`), nil); err != nil {
+		t.Fatalf("publishing after NATS came back: %v", err)
+	}
+	poll.Until(t, "the request buffered", func() bool { return buf.Len() == 1 })
+}
+
+// TestWarnsWhenMaxPayloadIsTooSmall: Open warns, naming both settings,
+// when the server's max_payload cannot carry a request of MAX_BODY_BYTES,
+// and says nothing when it can.
+func TestWarnsWhenMaxPayloadIsTooSmall(t *testing.T) {
+	ns := natstest.StartStock(t, true) // max_payload 1 MB
+	for _, tc := range []struct {
+		maxBody int
+		warn    bool
+	}{
+		{10 << 20, true},
+		{(1 << 20) - messageOverhead, false},
+		{(1 << 20) - messageOverhead + 1, true},
+		{0, false},
+	} {
+		var logged bytes.Buffer
+		var mu sync.Mutex
+		log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		openLogging(t, ns, newBuffer(), Options{Stream: "PAY", Subject: "pay", MaxBodyBytes: tc.maxBody}, log)
+		mu.Lock()
+		got := logged.String()
+		mu.Unlock()
+		if warned := strings.Contains(got, "max_payload") && strings.Contains(got, "MAX_BODY_BYTES"); warned != tc.warn {
+			t.Errorf("MAX_BODY_BYTES %d: logged %q; want a warning: %v", tc.maxBody, got, tc.warn)
+		}
+	}
+}
+
+// TestWaitOutcomeWithinWaitTimeout: a wait=true request whose rows are
+// delivered late, but within WAIT_TIMEOUT, still gets its outcome: the
+// entry waiting for it is kept at least that long.
+func TestWaitOutcomeWithinWaitTimeout(t *testing.T) {
+	ns := natstest.Start(t)
+	opts := Options{Stream: "LATE", Subject: "late", WaitTimeout: 6 * time.Second, AckWait: 600 * time.Millisecond}
+	front := open(t, ns, newBuffer(), opts)
+	w := buffer.NewWaiter()
+	if err := front.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), w); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // no replica delivers yet; housekeeping runs every 200ms
+	back := newBuffer()
+	runBridge(t, open(t, ns, back, opts))
+	poll.Until(t, "a replica to buffer the rows", func() bool { return back.Len() == 1 })
+	finish(back, nil)
+	select {
+	case <-w.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the outcome of a request delivered within WAIT_TIMEOUT was dropped")
+	}
+	if ok, _, f := w.Result(); ok != 1 || f != nil {
+		t.Errorf("result %d rows, %+v; want 1 row delivered", ok, f)
+	}
+}
