@@ -439,9 +439,16 @@ func TestQuietWhenAllIsWell(t *testing.T) {
 	q := openLogging(t, ns, buf, Options{Stream: "CALM", Subject: "calm"}, log)
 	// More messages than one fetch asks for: fetches that fill up and
 	// fetches that end short.
+	// Some wait=true, whose outcomes are published back.
 	const n = fetchBatch + 44
-	for range n {
-		if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), nil); err != nil {
+	var waiters []*buffer.Waiter
+	for i := range n {
+		var w *buffer.Waiter
+		if i%10 == 0 {
+			w = buffer.NewWaiter()
+			waiters = append(waiters, w)
+		}
+		if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`), w); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -449,6 +456,9 @@ func TestQuietWhenAllIsWell(t *testing.T) {
 	poll.Until(t, "every message buffered", func() bool { return buf.Len() == n })
 	finish(buf, nil)
 	poll.Until(t, "every message acked", func() bool { return testutil.ToFloat64(q.m.acked) == n })
+	for _, w := range waiters {
+		<-w.Done()
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if logged.Len() != 0 {

@@ -89,6 +89,16 @@ func appendData(dst []byte, m syncMarker, key buffer.Key, lines [][]byte) []byte
 	return seal(dst, start, syncLen)
 }
 
+// recordSize is the payload size of the data record for key and lines,
+// without encoding it.
+func recordSize(key buffer.Key, lines [][]byte) int {
+	n := 1 + 3*binary.MaxVarintLen64 + len(key.Token) + len(key.Datasource) + len(lines)
+	for _, l := range lines {
+		n += len(l)
+	}
+	return n
+}
+
 // ref names a data record: its segment's number and its offset there.
 type ref struct {
 	seq    uint64

@@ -243,3 +243,112 @@ func FuzzForgedRecords(f *testing.F) {
 		}
 	})
 }
+
+// frame appends a record framed with m around any payload, sealed with a
+// valid length and CRC: what a writer with a bug, or another version,
+// might leave behind.
+func frame(dst []byte, m syncMarker, payload []byte) []byte {
+	start := len(dst)
+	dst = append(dst, m[:]...)
+	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
+	dst = append(dst, payload...)
+	return seal(dst, start, syncLen)
+}
+
+// TestScanFindsRecordAfterStrayBytes: bytes that are no record between two
+// records (a torn write whose tail could not be cut off before later
+// records were appended) cost only themselves, however few they are: the
+// record after them is still read, and the file is not cut before it.
+func TestScanFindsRecordAfterStrayBytes(t *testing.T) {
+	for _, n := range []int{1, 2, 7, 8, 9, 40} {
+		b := appendHeader(nil, testMarker)
+		b = appendData(b, testMarker, buffer.Key{Datasource: "before"}, lines(`{"a":1}`))
+		b = append(b, bytes.Repeat([]byte{'x'}, n)...)
+		after := len(b)
+		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"b":2}`))
+		sc, err := scan(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sc.records) != 2 || sc.records[1].offset != int64(after) || sc.corrupt != 1 || sc.validEnd != int64(len(b)) {
+			t.Errorf("%d stray bytes: got %d records (%+v), %d corrupt, end %d; want both records, 1 corrupt, end %d",
+				n, len(sc.records), sc.records, sc.corrupt, sc.validEnd, len(b))
+		}
+	}
+}
+
+// TestScanMalformedDoneRecordRetiresNothing: a done record with a valid
+// frame whose contents do not parse exactly retires none of the records it
+// seems to name (a duplicate after a restart is better than a loss); it is
+// counted corrupt, and the records around it are read.
+func TestScanMalformedDoneRecordRetiresNothing(t *testing.T) {
+	done := func(count uint64, vals ...uint64) []byte {
+		p := binary.AppendUvarint([]byte{kindDone}, count)
+		for _, v := range vals {
+			p = binary.AppendUvarint(p, v)
+		}
+		return p
+	}
+	for name, payload := range map[string][]byte{
+		"the last ref lacks its offset": done(2, 1, headerLen, 1),
+		"fewer refs than counted":       done(3, 1, headerLen, 1, 200),
+		"bytes after the last ref":      append(done(1, 1, headerLen), 0),
+		"no refs":                       done(0),
+		"only a kind byte":              {kindDone},
+	} {
+		b, offs := segmentOf(2)
+		b = frame(b, testMarker, payload)
+		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"c":3}`))
+		sc, err := scan(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sc.done) != 0 || sc.corrupt != 1 || len(sc.records) != 3 || sc.records[0].offset != int64(offs[0]) || sc.validEnd != int64(len(b)) {
+			t.Errorf("%s: got done %v, %d corrupt, %d records, end %d; want no refs, 1 corrupt, 3 records, end %d",
+				name, sc.done, sc.corrupt, len(sc.records), sc.validEnd, len(b))
+		}
+	}
+}
+
+// TestScanFieldLongerThanItsRecord: a data record with a valid frame whose
+// token or datasource length runs past the end of the record is counted
+// corrupt, never read past its end (a panic there would stop every restart
+// of the process), and the record after it is still read.
+func TestScanFieldLongerThanItsRecord(t *testing.T) {
+	data := func(fields ...[]byte) []byte {
+		p := []byte{kindData}
+		for _, f := range fields {
+			p = append(p, f...)
+		}
+		return p
+	}
+	tail := append(binary.AppendUvarint(nil, 1), `{"a":1}`+"\n"...)
+	for name, payload := range map[string][]byte{
+		// The token's length claims one byte more than the record holds.
+		"token": data(binary.AppendUvarint(nil, uint64(len("tok")+1+1+len("ds")+len(tail)+1)), []byte("tok"), []byte{2}, []byte("ds"), tail),
+		// The datasource's length claims one byte more than the record holds.
+		"datasource": data([]byte{3}, []byte("tok"), binary.AppendUvarint(nil, uint64(len("ds")+len(tail)+1)), []byte("ds"), tail),
+		"huge":       data(binary.AppendUvarint(nil, 1<<62), []byte("tok")),
+	} {
+		b := appendHeader(nil, testMarker)
+		b = frame(b, testMarker, payload)
+		after := len(b)
+		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"b":2}`))
+		var sc scanned
+		var err error
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Fatalf("%s: scan panicked: %v", name, p)
+				}
+			}()
+			sc, err = scan(b)
+		}()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sc.records) != 1 || sc.records[0].offset != int64(after) || sc.corrupt != 1 {
+			t.Errorf("%s: got records %+v, %d corrupt; want only the record after it, 1 corrupt", name, sc.records, sc.corrupt)
+		}
+	}
+}

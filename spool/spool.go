@@ -228,6 +228,11 @@ func (s *Spool) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 	if st := s.buf.Stats(); st.Events+len(lines) > st.MaxEvents {
 		return buffer.ErrFull // do not write what the buffer will refuse
 	}
+	if recordSize(key, lines) > maxPayload {
+		// Written, it could never be read back: replay would skip it as
+		// corrupt after the client was told it was stored.
+		return &buffer.TooLargeError{Limit: "the spool's largest record (1 GiB)"}
+	}
 	ep, _ := s.enc.Get().(*[]byte)
 	if ep == nil {
 		ep = new([]byte)

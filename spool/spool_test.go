@@ -573,17 +573,7 @@ func TestVanishedSegmentThenFailedRoll(t *testing.T) {
 	if err := s.PutWaiting(key, lines(`{"a":1}`), nil); err != nil {
 		t.Fatal(err)
 	}
-	s.mu.Lock()
-	first, cur := s.nextSeq, s.cur.path
-	s.mu.Unlock()
-	for seq := first; seq < first+maxTakenNames; seq++ { // the roll after the vanishing fails
-		if err := os.Mkdir(filepath.Join(dir, fmt.Sprintf("seg-%016d.spool", seq)), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Remove(cur); err != nil {
-		t.Fatal(err)
-	}
+	breakNextRoll(t, s, dir)
 	deadline := time.Now().Add(5 * time.Second)
 	for testutil.ToFloat64(s.m.writeErrors) < 2 { // the vanished segment, then the failed roll
 		if time.Now().After(deadline) {
