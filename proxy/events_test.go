@@ -165,6 +165,17 @@ func TestEventsContract(t *testing.T) {
 			wantBody: `{"error":"request body larger than 64 bytes (after decompression); split it into smaller requests"}`,
 		},
 		{
+			name: "body at the limit", opts: Options{Tokens: []string{clientToken}, MaxBodyBytes: 64}, path: "/v0/events?name=ds",
+			header: auth, body: []byte(`{"a":"` + strings.Repeat("x", 56) + `"}`), wantStatus: 202,
+			wantBody: `{"successful_rows":1,"quarantined_rows":0}`, wantStored: `{"a":"` + strings.Repeat("x", 56) + "\"}\n",
+		},
+		{
+			name: "gzip body decoding to the limit", opts: Options{Tokens: []string{clientToken}, MaxBodyBytes: 200}, path: "/v0/events?name=ds",
+			header: map[string]string{"Authorization": bearer, "Content-Encoding": "gzip"},
+			body:   gzipped(t, []byte(`{"a":"`+strings.Repeat("x", 192)+`"}`)), wantStatus: 202,
+			wantBody: `{"successful_rows":1,"quarantined_rows":0}`, wantStored: `{"a":"` + strings.Repeat("x", 192) + "\"}\n",
+		},
+		{
 			name: "gzip bomb", opts: Options{Tokens: []string{clientToken}, MaxBodyBytes: 1 << 16}, path: "/v0/events?name=ds",
 			header: map[string]string{"Authorization": bearer, "Content-Encoding": "gzip"},
 			body:   gzipped(t, []byte(`{"a":"`+strings.Repeat("x", 10<<20)+`"}`)), wantStatus: 413,

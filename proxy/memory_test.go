@@ -205,3 +205,37 @@ func TestWaitingRequestsHoldNoBody(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetUsableToItsLastByte: REQUEST_MEMORY_BYTES is a limit reached
+// exactly, not one byte short of it, and what is refused holds nothing.
+func TestBudgetUsableToItsLastByte(t *testing.T) {
+	b := &memBudget{max: 100}
+	c := charge{b: b}
+	if !c.take(100) {
+		t.Fatal("100 bytes of a 100-byte budget refused")
+	}
+	if c.take(1) {
+		t.Fatal("a byte past the budget taken")
+	}
+	if got := b.used.Load(); got != 100 {
+		t.Errorf("used %d after a refusal; want 100", got)
+	}
+	c.release()
+	if got := b.used.Load(); got != 0 {
+		t.Errorf("used %d after release; want 0", got)
+	}
+}
+
+// TestGzipSizedFromItsTrailer: a gzip body is decoded into a buffer of the
+// size its trailer states, reserved at once, so a body that fits the budget
+// is accepted; grown by doubling instead, its last step would ask for
+// nearly twice the body and be refused.
+func TestGzipSizedFromItsTrailer(t *testing.T) {
+	big := bytes.Repeat([]byte(`{"pad":"`+strings.Repeat("g", 90)+`"}`+"\n"), 30_000) // 3 MB
+	ts := startServer(t, Options{MaxBodyBytes: 10 << 20, RequestMemoryBytes: 4 << 20},
+		buffer.Options{MaxEvents: 100_000, MaxBytes: 64 << 20})
+	res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "gzip"}, gzipped(t, big))
+	if res.status != 202 {
+		t.Fatalf("a 3 MB gzip body (and its line index) under a 4 MiB budget: got %d %s; want 202", res.status, res.body)
+	}
+}

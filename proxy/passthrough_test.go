@@ -240,6 +240,11 @@ func TestCORS(t *testing.T) {
 		pre.header.Get("Access-Control-Allow-Headers") != "content-type" {
 		t.Errorf("preflight: got %d %v", pre.status, pre.header)
 	}
+	// A preflight that names no headers is told the ones the Events API uses.
+	bare := ts.do(t, "OPTIONS", "/v0/events?name=ds", map[string]string{"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}, nil)
+	if got := bare.header.Get("Access-Control-Allow-Headers"); got != "Authorization, Content-Type, Content-Encoding" {
+		t.Errorf("preflight without Access-Control-Request-Headers: Allow-Headers %q; want Authorization, Content-Type, Content-Encoding", got)
+	}
 	for _, tok := range []string{clientToken, "wrong"} {
 		res := ts.do(t, "POST", "/v0/events?name=ds&token="+tok, map[string]string{"Origin": "https://shop.example", "Content-Type": "application/json"}, []byte(`{"a":1}`))
 		if res.header.Get("Access-Control-Allow-Origin") != "*" {
