@@ -149,15 +149,21 @@ func TestZstdWindowBomb(t *testing.T) {
 // that decodes to far more than the first buffer is decoded whole, growing
 // the buffer as needed, byte-identical.
 func TestZstdStreamedGrows(t *testing.T) {
-	ts := startServer(t, Options{MaxBodyBytes: 1 << 20}, buffer.Options{MaxEvents: 100_000, MaxBytes: 4 << 20})
-	plain := bytes.Repeat([]byte(`{"event":"page_view","n":12345}`+"\n"), 20_000) // 640 KB, compresses to a few KB
+	// Exactly MaxBodyBytes, an odd size (32767 lines of 32 bytes and one of
+	// 33), compressed to a few KB.
+	const limit = 1<<20 + 1
+	ts := startServer(t, Options{MaxBodyBytes: limit}, buffer.Options{MaxEvents: 100_000, MaxBytes: 4 << 20})
+	plain := append(bytes.Repeat([]byte(`{"event":"page_view","n":12345}`+"\n"), 32_767), `{"event":"page_view","n":123456}`+"\n"...)
+	if len(plain) != limit {
+		t.Fatalf("body of %d bytes; want %d", len(plain), limit)
+	}
 	var b bytes.Buffer
 	w, _ := zstd.NewWriter(&b)
 	w.Write(plain)
 	w.Close()
 	res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, b.Bytes())
-	if res.status != 202 || res.body != `{"successful_rows":20000,"quarantined_rows":0}` {
-		t.Fatalf("got %d %s; want all 20000 rows", res.status, res.body)
+	if res.status != 202 || res.body != `{"successful_rows":32768,"quarantined_rows":0}` {
+		t.Fatalf("got %d %s; want all 32768 rows", res.status, res.body)
 	}
 	if data, _ := ts.stored(); data != string(plain) {
 		t.Errorf("stored %d bytes; want the %d sent, byte-identical", len(data), len(plain))
