@@ -26,7 +26,7 @@ func newMetrics(reg prometheus.Registerer, s *Spool) (*metrics, error) {
 		}),
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tbproxy_spool_write_errors_total",
-			Help: "Failed spool writes; each refused its request with 503.",
+			Help: "Failed spool disk operations, each also logged: writing a request (refused with 503), starting a segment (requests refused until one starts), writing a done record or deleting a delivered segment (both retried), syncing or closing a sealed segment, and finding the current segment vanished or replaced.",
 		}),
 	}
 	cs := []prometheus.Collector{m.fsync, m.replayed, m.corrupt, m.writeErrors,
@@ -45,4 +45,19 @@ func newMetrics(reg prometheus.Registerer, s *Spool) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// segmentCount counts segment files: live ones, and those left by an
+// earlier run that Replay has not reached yet (a segment being replayed is
+// in both lists and counted once).
+func (s *Spool) segmentCount() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.live)
+	for _, o := range s.old {
+		if _, ok := s.live[o.seq]; !ok {
+			n++
+		}
+	}
+	return float64(n)
 }

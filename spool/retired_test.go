@@ -14,8 +14,9 @@ import (
 // TestUndeletableSegmentAcrossRestarts: a delivered segment that cannot be
 // deleted (chattr +i) costs one counted write error and one error line,
 // not one per retry, and stays counted in tbproxy_spool_bytes; restarts while it stays undeletable replay none of
-// its rows and leave no stray files; once it can be deleted, a restart
-// deletes it and the list of retired segments with it.
+// its rows, leave no stray files, and each counts and logs it once; once
+// it can be deleted, a restart deletes it and the list of retired segments
+// with it.
 func TestUndeletableSegmentAcrossRestarts(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{SegmentBytes: 1, FsyncInterval: time.Hour} // one request a segment; no background retries
@@ -67,6 +68,23 @@ func TestUndeletableSegmentAcrossRestarts(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+
+	// A restart's operator hears of it too, once: its counter starts at 0.
+	s, logs, reg = openObserved(t, dir, buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20}), opts)
+	const msg = "cannot delete delivered spool segment; will retry"
+	if got := logs.atLeast(slog.LevelWarn); !slices.Equal(got, []string{"ERROR " + msg}) {
+		t.Errorf("a restart logged %q; want one error, %q", got, msg)
+	}
+	r, _ := logs.find(msg)
+	if path, _ := attr(r, "path"); path.String() != stuck {
+		t.Errorf("logged path %q; want the stuck segment's, %q", path, stuck)
+	}
+	if got := metric(t, reg, "tbproxy_spool_write_errors_total"); got != 1 {
+		t.Errorf("a restart's tbproxy_spool_write_errors_total = %v; want 1, the failed deletion", got)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
 	}
 
 	chattr(t, "-i", stuck)

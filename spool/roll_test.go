@@ -1,7 +1,9 @@
 package spool
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -148,5 +150,35 @@ func breakNextRoll(t *testing.T, s *Spool, dir string) {
 	}
 	if err := os.Remove(cur); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSealedSegmentThatCannotBeSynced: when the file of a segment a roll
+// sealed cannot be synced and closed off the lock (its handle closed under
+// the spool here), the failure is counted and the operator reads one error
+// naming the segment, where it used to vanish unsaid.
+func TestSealedSegmentThatCannotBeSynced(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
+	s, logs, reg := openObserved(t, dir, buf, Options{SegmentBytes: 1, FsyncInterval: time.Hour}) // one request a segment
+	put(t, s, "ds", `{"a":1}`)
+	s.mu.Lock()
+	f, path := s.cur.f, s.cur.path
+	s.mu.Unlock()
+	f.Close()
+	put(t, s, "ds", `{"b":2}`) // rolls: the sealed segment is synced and closed in the background
+	const msg = "cannot sync or close a sealed spool segment"
+	r := logs.waitFor(t, msg)
+	if r.Level != slog.LevelError {
+		t.Errorf("logged %q at %v; want an error", r.Message, r.Level)
+	}
+	if got, _ := attr(r, "path"); got.String() != path {
+		t.Errorf("logged path %q; want the sealed segment's, %q", got, path)
+	}
+	if v, _ := attr(r, "err"); !errors.Is(asError(v), os.ErrClosed) {
+		t.Errorf("logged err %v; want the failed sync's", v)
+	}
+	if got := metric(t, reg, "tbproxy_spool_write_errors_total"); got != 1 {
+		t.Errorf("tbproxy_spool_write_errors_total = %v; want 1", got)
 	}
 }
