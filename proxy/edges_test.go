@@ -1,12 +1,20 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
 	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
 // TestEdgesOfTheContract: requests at the exact edges of the limits are
@@ -45,4 +53,59 @@ func TestWaitTimeoutRetryAfter(t *testing.T) {
 	if res.status != 503 || res.header.Get("Retry-After") != "2" {
 		t.Errorf("got %d Retry-After %q; want 503 and 2 (1.5s rounded)", res.status, res.header.Get("Retry-After"))
 	}
+}
+
+// TestCompressedBodyOverTheLimit: MAX_BODY_BYTES bounds the body as sent
+// too: a gzip body larger than it is refused 413 once the limit is read
+// past, not cut there and then found corrupt (400).
+func TestCompressedBodyOverTheLimit(t *testing.T) {
+	src := rand.New(rand.NewPCG(1, 2))
+	noise := make([]byte, 3000)
+	for i := range noise {
+		noise[i] = byte(src.Uint32())
+	}
+	plain := []byte(`{"n":"` + base64.StdEncoding.EncodeToString(noise) + `"}`)
+	gz := gzipped(t, plain)
+	ts := startServer(t, Options{MaxBodyBytes: len(gz) - 1}, buffer.Options{})
+	res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "gzip"}, gz)
+	if res.status != 413 {
+		t.Errorf("gzip body of %d bytes over a %d-byte limit: got %d %s; want 413", len(gz), len(gz)-1, res.status, res.body)
+	}
+	// The same, chunked: no Content-Length to refuse it by before reading.
+	req, err := http.NewRequest("POST", ts.url+"/v0/events?name=ds", io.MultiReader(bytes.NewReader(gz)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Encoding", "gzip")
+	chunked, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunked.Body.Close()
+	if chunked.StatusCode != 413 {
+		t.Errorf("chunked gzip body over the limit: got %d; want 413", chunked.StatusCode)
+	}
+}
+
+// TestResetConnectionsGiveBackTheirPlace: a client that resets its
+// connection instead of closing it cleanly frees its MAX_CONNECTIONS place
+// all the same.
+func TestResetConnectionsGiveBackTheirPlace(t *testing.T) {
+	ts := startServer(t, Options{MaxConnections: 2}, buffer.Options{})
+	addr := strings.TrimPrefix(ts.url, "http://")
+	for range 6 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+		if res, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || res.StatusCode != 200 {
+			t.Fatalf("GET /health: %v %v", res, err)
+		}
+		c.(*net.TCPConn).SetLinger(0) // close with a reset
+		c.Close()
+	}
+	poll.Until(t, "a place for a new connection", func() bool {
+		return rawRequest(t, addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status == 200
+	})
 }

@@ -245,3 +245,23 @@ func TestGzipSizedFromItsTrailer(t *testing.T) {
 		t.Fatalf("a 3 MB gzip body (and its line index) under a 4 MiB budget: got %d %s; want 202", res.status, res.body)
 	}
 }
+
+// TestLineIndexCharged: a request's index of its lines (24 bytes a line)
+// is charged to REQUEST_MEMORY_BYTES like its body: 100,000 lines of "{}"
+// cost 2.4 MB beyond their 300 KB, so a 1.5 MB budget refuses them and a
+// 3.5 MB one takes them, once.
+func TestLineIndexCharged(t *testing.T) {
+	body := bytes.Repeat([]byte("{}\n"), 100_000)
+	for _, tc := range []struct {
+		budget, status int
+	}{
+		{1536 << 10, 503},
+		{3584 << 10, 202},
+	} {
+		ts := startServer(t, Options{MaxBodyBytes: 1 << 20, RequestMemoryBytes: tc.budget},
+			buffer.Options{MaxEvents: 200_000, MaxBytes: 64 << 20})
+		if res := ts.do(t, "POST", "/v0/events?name=ds", nil, body); res.status != tc.status {
+			t.Errorf("budget %d: got %d %s; want %d", tc.budget, res.status, res.body, tc.status)
+		}
+	}
+}
