@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Real-browser CORS test: headless Chromium loads a page from one
 // 127.0.0.1 origin whose script posts an event to the proxy at another
@@ -8,7 +8,6 @@ package main
 // returned into its DOM; Chromium's --dump-dom hands that back to the test.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -20,7 +19,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -168,41 +166,6 @@ func browserTail(s string, n int) string {
 	return s
 }
 
-// browserMetric sums the samples of name whose labels include every one of
-// labels (`code="204"`); a series not exported yet counts 0.
-func browserMetric(t *testing.T, base, name string, labels ...string) float64 {
-	t.Helper()
-	resp, err := newClient(false).Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		matched := true
-		for _, l := range labels {
-			matched = matched && strings.Contains(line, l)
-		}
-		if !matched {
-			continue
-		}
-		f, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		sum += f
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return sum
-}
-
 func TestBrowserCORS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the built binary and a browser (skipped with -short)")
@@ -267,16 +230,16 @@ func TestBrowserCORS(t *testing.T) {
 				}
 				// The preflight reached the proxy and was refused; the POST
 				// itself never did.
-				if n := browserMetric(t, p.base, "tbproxy_http_requests_total", `handler="events"`, `code="403"`); n < 1 {
+				if n := metricSum(t, p, "tbproxy_http_requests_total", `handler="events"`, `code="403"`); n < 1 {
 					t.Errorf("got %v events requests answered 403; want the refused preflight", n)
 				}
-				if n := browserMetric(t, p.base, "tbproxy_http_requests_total", `handler="events"`, `code="202"`); n != 0 {
+				if n := metricSum(t, p, "tbproxy_http_requests_total", `handler="events"`, `code="202"`); n != 0 {
 					t.Errorf("got %v events requests answered 202; want 0", n)
 				}
-				if n := browserMetric(t, p.base, "tbproxy_requests_refused_total"); n != 0 {
+				if n := metricSum(t, p, "tbproxy_requests_refused_total"); n != 0 {
 					t.Errorf("got %v POSTs refused; want 0: the browser must not send the POST", n)
 				}
-				if n := browserMetric(t, p.base, "tbproxy_events_accepted_total"); n != 0 {
+				if n := metricSum(t, p, "tbproxy_events_accepted_total"); n != 0 {
 					t.Errorf("got %v events accepted; want 0", n)
 				}
 				// Upstream: a marker sent without Origin arrives alone, one
@@ -303,7 +266,7 @@ func TestBrowserCORS(t *testing.T) {
 				json.Unmarshal([]byte(b.Body), &e) != nil || e.Error == "" {
 				t.Errorf("POST with a wrong token: the page saw %+v; want 403 with a readable JSON error", b)
 			}
-			if n := browserMetric(t, p.base, "tbproxy_http_requests_total", `handler="events"`, `code="204"`); n < 1 {
+			if n := metricSum(t, p, "tbproxy_http_requests_total", `handler="events"`, `code="204"`); n < 1 {
 				t.Errorf("got %v preflights answered 204; want the browser's preflight", n)
 			}
 			if t.Failed() {

@@ -1,14 +1,10 @@
-package main
+package e2e
 
 import (
 	"bytes"
 	"compress/gzip"
-	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,28 +18,11 @@ import (
 // peakRSS returns the process's peak resident set (VmHWM), in bytes.
 func peakRSS(t *testing.T, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	b, err := procStatusBytes(pid, "VmHWM")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmHWM in /proc/<pid>/status")
-	return 0
-}
-
-// raceBuilt reports whether the test (and so the child TestMain built) runs
-// under the race detector, which multiplies memory use.
-func raceBuilt() bool {
-	bi, ok := debug.ReadBuildInfo()
-	return ok && slices.Contains(bi.Settings, debug.BuildSetting{Key: "-race", Value: "true"})
+	return b
 }
 
 // memoryAttackLimit is the peak RSS the default configuration must stay
@@ -60,7 +39,7 @@ const memoryAttackLimit = 512 << 20
 //     upstream takes longer than WAIT_TIMEOUT to answer.
 //
 // The figures in docs are what this test logs (go test -run
-// TestE2EMemoryUnderAttack -v .). It skips under -race, which multiplies
+// TestE2EMemoryUnderAttack -v ./e2e). It skips under -race, which multiplies
 // memory use.
 func TestE2EMemoryUnderAttack(t *testing.T) {
 	if raceBuilt() {

@@ -1,17 +1,16 @@
-package main
+package e2e
 
 import (
-	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/tbproxy/tbproxy/config"
 	"github.com/tbproxy/tbproxy/internal/fakebird"
 	"github.com/tbproxy/tbproxy/internal/natstest"
 )
@@ -46,7 +45,7 @@ func TestE2EHealthcheck(t *testing.T) {
 // table lists, and the table lists every tbproxy_ metric /metrics exposes.
 func TestE2EMetricsMatchREADME(t *testing.T) {
 	t.Parallel()
-	readme, err := os.ReadFile("README.md")
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,13 +67,8 @@ func TestE2EMetricsMatchREADME(t *testing.T) {
 		"QUEUE_URL": natstest.Start(t).URL(), "QUEUE_MAX_BYTES": "64MiB"})
 	var exposed []string
 	for _, c := range []*child{spooled, queued} {
-		resp, err := http.Get(c.base + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for _, m := range regexp.MustCompile(`(?m)^# TYPE (tbproxy_[a-z_]+) `).FindAllStringSubmatch(string(body), -1) {
+		_, body := getStatus(t, c.base+"/metrics")
+		for _, m := range regexp.MustCompile(`(?m)^# TYPE (tbproxy_[a-z_]+) `).FindAllStringSubmatch(body, -1) {
 			exposed = append(exposed, m[1])
 		}
 	}
@@ -132,25 +126,5 @@ func TestE2EShutdownDelay(t *testing.T) {
 	}
 	if fb.RowCountFor("late") != 1 {
 		t.Errorf("the write accepted during the delay was not delivered")
-	}
-}
-
-// TestRetainOnShutdownNeedsAStore: rows left at the shutdown timeout are
-// kept for later only when a spool or a queue will deliver them; otherwise
-// they are dead-lettered and counted. QUEUE_URL="," names no server and
-// opens no queue, so it retains nothing.
-func TestRetainOnShutdownNeedsAStore(t *testing.T) {
-	for _, tt := range []struct {
-		cfg  config.Config
-		want bool
-	}{
-		{config.Config{}, false},
-		{config.Config{QueueURL: ","}, false},
-		{config.Config{QueueURL: "nats://127.0.0.1:4222"}, true},
-		{config.Config{SpoolDir: "/var/lib/tbproxy"}, true},
-	} {
-		if got := flusherOptions(tt.cfg, nil).RetainOnShutdown; got != tt.want {
-			t.Errorf("QUEUE_URL=%q SPOOL_DIR=%q: RetainOnShutdown %v; want %v", tt.cfg.QueueURL, tt.cfg.SpoolDir, got, tt.want)
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of the shared JetStream queue (QUEUE_URL, issue #8): the
 // built binary, several replicas, real nats-server processes on loopback
@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -265,17 +264,6 @@ func TestE2EQueueClusterNodeLoss(t *testing.T) {
 	}
 }
 
-func getStatus(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // TestE2EQueueBackpressureAndOutage: a full stream answers 429 with
 // Retry-After; NATS down answers 503 and /ready 503; NATS back up, writes
 // are accepted again, and everything acknowledged is delivered.
@@ -389,16 +377,11 @@ func TestE2EQueueWait(t *testing.T) {
 	p1 := startProxy(t, env())
 	p2 := startProxy(t, env())
 	wait := func(base, ds string, lines ...string) (int, string) {
-		body := strings.Join(lines, "\n") + "\n"
-		req, _ := http.NewRequest(http.MethodPost, base+"/v0/events?wait=true&name="+ds, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+clientToken)
-		resp, err := http.DefaultClient.Do(req)
+		r, err := post{ds: ds, token: clientToken, wait: true, lines: lines}.send(http.DefaultClient, base)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return r.status, string(r.body)
 	}
 	var wg sync.WaitGroup
 	for i := range 6 { // both replicas accept; either may deliver

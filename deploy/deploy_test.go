@@ -1,8 +1,12 @@
-package main
+// Package deploy_test checks the deployment assets in this directory (the
+// Grafana dashboard, Prometheus config and alert rules, the compose file and
+// the systemd unit) against each other and against the README.
+package deploy_test
 
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -15,24 +19,24 @@ import (
 // PromQL expression, a panel description or an alert annotation.
 var metricNameRE = regexp.MustCompile(`tbproxy_[a-z_]+`)
 
-// TestDeployAssets checks the files under deploy/ against each other and
+// TestDeployAssets checks the files in deploy/ against each other and
 // against README.md: the dashboard and the alert rules parse and have the
 // expected shape, they name only metrics from the README's Metrics table,
 // and the dashboard shows every metric in that table. YAML is checked line
 // by line (the module has no YAML dependency and should not get one for a
 // test).
 func TestDeployAssets(t *testing.T) {
-	readme := readText(t, "README.md")
+	readme := readText(t, filepath.Join("..", "README.md"))
 	documented := readmeMetrics(t, readme)
 
-	dashText := readText(t, "deploy/grafana/tbproxy-dashboard.json")
+	dashText := readText(t, "grafana/tbproxy-dashboard.json")
 	checkDashboard(t, dashText)
-	alertsText := readText(t, "deploy/prometheus/alerts.yml")
+	alertsText := readText(t, "prometheus/alerts.yml")
 	alertExprs := checkAlertRules(t, alertsText)
-	checkPrometheusConfig(t, readText(t, "deploy/prometheus/prometheus.yml"))
-	checkCompose(t, readme, readText(t, "deploy/docker-compose.yml"), readText(t, "deploy/tbproxy.env.example"),
-		readText(t, "deploy/grafana/provisioning/dashboards/tbproxy.yml"))
-	checkSystemdUnit(t, readme, readText(t, "deploy/systemd/tbproxy.service"))
+	checkPrometheusConfig(t, readText(t, "prometheus/prometheus.yml"))
+	checkCompose(t, readme, readText(t, "docker-compose.yml"), readText(t, "tbproxy.env.example"),
+		readText(t, "grafana/provisioning/dashboards/tbproxy.yml"))
+	checkSystemdUnit(t, readme, readText(t, "systemd/tbproxy.service"))
 
 	// (b) Every tbproxy metric the dashboard or the alerts name is documented.
 	for file, text := range map[string]string{"dashboard": dashText, "alerts.yml": alertsText} {

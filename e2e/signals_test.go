@@ -1,10 +1,9 @@
-package main
+package e2e
 
 import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,25 +11,6 @@ import (
 
 	"github.com/tbproxy/tbproxy/internal/fakebird"
 )
-
-// waitLog waits until the child's log holds substr, up to 10s.
-func (c *child) waitLog(substr string) {
-	c.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(c.stderr.String(), substr) {
-		if time.Now().After(deadline) {
-			c.t.Fatalf("no log line containing %q", substr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (c *child) signal(s os.Signal) {
-	c.t.Helper()
-	if err := c.cmd.Process.Signal(s); err != nil {
-		c.t.Fatal(err)
-	}
-}
 
 // TestE2ESignals sends every signal a supervisor or a terminal may send to
 // a proxy holding acknowledged events behind a slow upstream. SIGHUP,

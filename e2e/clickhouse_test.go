@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of the ClickHouse upstream: the built proxy (TestMain)
 // writes into a real clickhouse-server that each test starts on its own
@@ -13,11 +13,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,27 +39,6 @@ func chEnv(srv *chtest.Server, db string, extra map[string]string) map[string]st
 	}
 	maps.Copy(env, extra)
 	return env
-}
-
-// postEvents sends lines to ds, with wait=true if wait, and returns the
-// answer.
-func postEvents(client *http.Client, base, ds string, lines []string, wait bool) (reply, error) {
-	q := url.Values{"name": {ds}}
-	if wait {
-		q.Set("wait", "true")
-	}
-	req, err := http.NewRequest(http.MethodPost, base+"/v0/events?"+q.Encode(), strings.NewReader(strings.Join(lines, "\n")+"\n"))
-	if err != nil {
-		return reply{}, err
-	}
-	req.Header.Set("Authorization", "Bearer "+clientToken)
-	resp, err := client.Do(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return reply{resp.StatusCode, resp.Header, b}, err
 }
 
 // chCount returns SELECT count() FROM table.
@@ -158,7 +135,7 @@ func TestClickHouseE2EDelivers(t *testing.T) {
 					seq++
 				}
 				wait := req%8 == 0
-				r, err := postEvents(client, p.base, ds, lines, wait)
+				r, err := post{ds: ds, token: clientToken, wait: wait, lines: lines}.send(client, p.base)
 				wantStatus, wantBody := http.StatusAccepted, fmt.Sprintf(`{"successful_rows":%d,"quarantined_rows":0}`, len(lines))
 				if wait {
 					wantStatus = http.StatusOK
@@ -190,7 +167,7 @@ func TestClickHouseE2EDelivers(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // ClickHouse has no change feed to wait on
 	}
-	metricInserts, err := faultMetric(p, `tbproxy_upstream_requests_total{code="200"}`)
+	metricInserts, err := metric(p, `tbproxy_upstream_requests_total{code="200"}`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +234,7 @@ func TestClickHouseE2EMissingTable(t *testing.T) {
 		datasources: []string{"present_a", absent, "present_b"}, duration: 10 * time.Second, gap: 5 * time.Millisecond})()
 
 	// A client that waits hears why.
-	r, err := postEvents(newClient(false), p.base, absent, []string{`{"client":99,"seq":0}`}, true)
+	r, err := post{ds: absent, token: clientToken, wait: true, lines: []string{`{"client":99,"seq":0}`}}.send(newClient(false), p.base)
 	if err != nil || r.status != http.StatusNotFound || !strings.Contains(string(r.body), "table `e2e`.`absent` does not exist") {
 		t.Errorf("wait=true to the missing table: got %v %d %s; want 404 naming the table", err, r.status, r.body)
 	}
@@ -304,7 +281,7 @@ func TestClickHouseE2EServerRestart(t *testing.T) {
 	srv.Restart(t)
 	l.setPhase("up")
 	wait()
-	retries, err := faultMetric(p, "tbproxy_upstream_retries_total")
+	retries, err := metric(p, "tbproxy_upstream_retries_total")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,11 +319,11 @@ func TestClickHouseE2EQuarantine(t *testing.T) {
 
 	t.Run("allowed", func(t *testing.T) {
 		p := startProxy(t, chEnv(srv, "e2e", map[string]string{"CLICKHOUSE_ALLOW_ERRORS_RATIO": "0.3", "FLUSH_INTERVAL": "100"}))
-		r, err := postEvents(newClient(false), p.base, "typed", lines(100), true)
+		r, err := post{ds: "typed", token: clientToken, wait: true, lines: lines(100)}.send(newClient(false), p.base)
 		if want := `{"successful_rows":3,"quarantined_rows":1}`; err != nil || r.status != http.StatusOK || string(r.body) != want {
 			t.Errorf("wait=true: got %v %d %s; want 200 %s", err, r.status, r.body, want)
 		}
-		q, err := faultMetric(p, "tbproxy_quarantined_events_total")
+		q, err := metric(p, "tbproxy_quarantined_events_total")
 		if err != nil || q != 1 {
 			t.Errorf("tbproxy_quarantined_events_total: got %v, %v; want 1", q, err)
 		}
@@ -364,7 +341,7 @@ func TestClickHouseE2EQuarantine(t *testing.T) {
 		dead := t.TempDir()
 		p := startProxy(t, chEnv(srv, "e2e", map[string]string{"DEAD_LETTER_DIR": dead, "FLUSH_INTERVAL": "100"}))
 		sent := lines(200)
-		r, err := postEvents(newClient(false), p.base, "typed", sent, true)
+		r, err := post{ds: "typed", token: clientToken, wait: true, lines: sent}.send(newClient(false), p.base)
 		if err != nil || r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "cannot parse") {
 			t.Errorf("wait=true: got %v %d %s; want 400 saying ClickHouse cannot parse the rows", err, r.status, r.body)
 		}
