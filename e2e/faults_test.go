@@ -94,11 +94,15 @@ func TestFaultUpstreamDown(t *testing.T) {
 	stop := make(chan struct{})
 	wait := l.drive(p.base, faultLoad{clients: 8, requests: 3000, lines: 10, token: clientToken,
 		datasources: []string{"fault_down_a", "fault_down_b"},
-		duration:    10 * time.Second, gap: 5 * time.Millisecond, stop: stop})
+		duration:    2 * time.Minute, gap: 5 * time.Millisecond, stop: stop})
 	time.Sleep(time.Second) // load with a healthy upstream first
 	l.setPhase("down")
 	fb.Down()
-	time.Sleep(5 * time.Second)
+	// Down until the buffer is full and clients are told so, however slowly
+	// a loaded machine lets them send: a condition, not a window.
+	for deadline := time.Now().Add(time.Minute); l.requests("down", "429") == 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err := fb.Up(); err != nil {
 		t.Error(err)
 	}

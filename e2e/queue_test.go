@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/tbproxy/tbproxy/internal/fakebird"
 	"github.com/tbproxy/tbproxy/internal/natstest"
+	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
 func queueEnv(fb *fakebird.Server, natsURL string, kv ...string) map[string]string {
@@ -439,23 +440,20 @@ func TestE2EQueueMaxDeliver(t *testing.T) {
 	}
 	<-a.done
 	b := startProxy(t, env()) // gets delivery 2 after the ack wait: the last one allowed
-	var rows []byte
-	for i := 0; i < 150 && len(rows) == 0; i++ { // the redelivery comes after QUEUE_ACK_WAIT (2s)
-		var err error
-		rows, err = os.ReadFile(filepath.Join(dead, "md.ndjson"))
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Fatal(err)
-		}
-		if len(rows) == 0 {
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	if string(rows) != strings.Join(lines, "\n")+"\n" {
-		t.Fatalf("dead letter md.ndjson: got %q; want the 3 rows", rows)
-	}
-	meta, _ := os.ReadFile(filepath.Join(dead, "md.errors.jsonl"))
+	// The record in md.errors.jsonl is written after the rows are synced:
+	// once it is there, both files are whole. The redelivery comes after
+	// QUEUE_ACK_WAIT (2s).
+	var meta []byte
+	poll.Until(t, "the dead letter's record", func() bool {
+		meta, _ = os.ReadFile(filepath.Join(dead, "md.errors.jsonl"))
+		return len(meta) > 0
+	})
 	if !strings.Contains(string(meta), `"reason":"max_deliver"`) {
 		t.Errorf("md.errors.jsonl: got %s; want reason max_deliver", meta)
+	}
+	rows, err := os.ReadFile(filepath.Join(dead, "md.ndjson"))
+	if err != nil || string(rows) != strings.Join(lines, "\n")+"\n" {
+		t.Fatalf("dead letter md.ndjson: got %q (%v); want the 3 rows", rows, err)
 	}
 	b.sigterm()
 	if code := b.exitStatus(30 * time.Second); code != 0 {
