@@ -109,3 +109,45 @@ func TestResetConnectionsGiveBackTheirPlace(t *testing.T) {
 		return rawRequest(t, addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status == 200
 	})
 }
+
+// TestPassThroughWithoutToken: in pass-through mode a request carrying no
+// token goes on to upstream, which answers it as it would the client
+// (Tinybird's public endpoints need none); the proxy does not refuse it.
+func TestPassThroughWithoutToken(t *testing.T) {
+	api, requests := fakeAPI(t)
+	ts := startServer(t, Options{PassThrough: true, Passthrough: PassthroughOptions{BaseURL: api.URL, Timeout: time.Second}}, buffer.Options{})
+	res := ts.do(t, "GET", "/v0/pipes/open.json", nil, nil)
+	if res.status != 201 || len(requests()) != 1 || requests()[0].auth != "" {
+		t.Errorf("got %d %s with %d upstream requests; want upstream's 201, asked once, with no token", res.status, res.body, len(requests()))
+	}
+}
+
+// TestOptionDefaults: what an operator sets is used as given; what is left
+// unset (zero), or out of range, gets the documented default.
+func TestOptionDefaults(t *testing.T) {
+	var zero Options
+	zero.setDefaults()
+	want := Options{MaxBodyBytes: 10 << 20, RequestMemoryBytes: 128 << 20, HighWatermark: 0.9, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second, WaitTimeout: 10 * time.Second, CORSOrigins: []string{"*"},
+		MaxDatasources: 1000, MaxConnections: 10_000, MaxHeaderBytes: 16 << 10, MaxTokenBytes: 4 << 10}
+	zero.Gatherer, want.Gatherer = nil, nil
+	if fmt.Sprint(zero) != fmt.Sprint(want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", zero, want)
+	}
+	set := Options{MaxBodyBytes: 1, RequestMemoryBytes: 2, HighWatermark: 1, ReadTimeout: time.Second, WriteTimeout: 2 * time.Second,
+		IdleTimeout: 3 * time.Second, WaitTimeout: 4 * time.Second, CORSOrigins: []string{"https://a.example"},
+		MaxDatasources: 5, MaxConnections: 6, MaxHeaderBytes: 7, MaxTokenBytes: 8}
+	got := set
+	got.setDefaults()
+	got.Gatherer = nil
+	if fmt.Sprint(got) != fmt.Sprint(set) {
+		t.Errorf("set options changed:\n got %+v\nwant %+v", got, set)
+	}
+	for _, hw := range []float64{-0.5, 1.5} {
+		o := Options{HighWatermark: hw}
+		o.setDefaults()
+		if o.HighWatermark != 0.9 {
+			t.Errorf("HighWatermark %g became %g; want the default 0.9", hw, o.HighWatermark)
+		}
+	}
+}
