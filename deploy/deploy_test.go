@@ -1,6 +1,6 @@
 // Package deploy_test checks the deployment assets in this directory (the
 // Grafana dashboard, Prometheus config and alert rules, the compose file and
-// the systemd unit) against each other and against the README.
+// the systemd unit) against each other, the README and docs/metrics.md.
 package deploy_test
 
 import (
@@ -20,14 +20,14 @@ import (
 var metricNameRE = regexp.MustCompile(`tbproxy_[a-z_]+`)
 
 // TestDeployAssets checks the files in deploy/ against each other and
-// against README.md: the dashboard and the alert rules parse and have the
-// expected shape, they name only metrics from the README's Metrics table,
+// against the docs: the dashboard and the alert rules parse and have the
+// expected shape, they name only metrics from the table in docs/metrics.md,
 // and the dashboard shows every metric in that table. YAML is checked line
 // by line (the module has no YAML dependency and should not get one for a
 // test).
 func TestDeployAssets(t *testing.T) {
 	readme := readText(t, filepath.Join("..", "README.md"))
-	documented := readmeMetrics(t, readme)
+	documented := docMetrics(t, readText(t, filepath.Join("..", "docs", "metrics.md")))
 
 	dashText := readText(t, "grafana/tbproxy-dashboard.json")
 	checkDashboard(t, dashText)
@@ -42,7 +42,7 @@ func TestDeployAssets(t *testing.T) {
 	for file, text := range map[string]string{"dashboard": dashText, "alerts.yml": alertsText} {
 		for _, name := range usedMetrics(text, documented) {
 			if _, ok := documented[name]; !ok {
-				t.Errorf("%s uses %s, which is not in README.md's Metrics table", file, name)
+				t.Errorf("%s uses %s, which is not in the table in docs/metrics.md", file, name)
 			}
 		}
 	}
@@ -51,11 +51,11 @@ func TestDeployAssets(t *testing.T) {
 	onDashboard := usedMetrics(dashText, documented)
 	for name := range documented {
 		if !slices.Contains(onDashboard, name) {
-			t.Errorf("README.md's Metrics table lists %s, but the dashboard does not use it", name)
+			t.Errorf("docs/metrics.md's table lists %s, but the dashboard does not use it", name)
 		}
 	}
 
-	// The README's "alert on" advice has a rule for each of these.
+	// The table's "alert on" advice has a rule for each of these.
 	alertMetrics := usedMetrics(strings.Join(alertExprs, "\n"), documented)
 	for _, name := range []string{
 		"tbproxy_dropped_events_total", "tbproxy_dead_letter_errors_total", "tbproxy_buffer_events",
@@ -77,14 +77,14 @@ func readText(t *testing.T, path string) string {
 	return string(b)
 }
 
-// readmeMetrics returns the metric names in the first column of the table
-// under "## Metrics" in the README, each mapped to its type column
+// docMetrics returns the metric names in the first column of the table
+// under "## Metrics" in docs/metrics.md, each mapped to its type column
 // ("counter", "gauge", "histogram").
-func readmeMetrics(t *testing.T, readme string) map[string]string {
+func docMetrics(t *testing.T, doc string) map[string]string {
 	t.Helper()
-	_, section, ok := strings.Cut(readme, "\n## Metrics\n")
+	_, section, ok := strings.Cut(doc, "\n## Metrics\n")
 	if !ok {
-		t.Fatal(`README.md has no "## Metrics" section`)
+		t.Fatal(`docs/metrics.md has no "## Metrics" section`)
 	}
 	if end := strings.Index(section, "\n## "); end >= 0 {
 		section = section[:end]
@@ -101,7 +101,7 @@ func readmeMetrics(t *testing.T, readme string) map[string]string {
 		}
 	}
 	if len(metrics) < 10 {
-		t.Fatalf("found only %d metrics in README.md's Metrics table: %v", len(metrics), metrics)
+		t.Fatalf("found only %d metrics in docs/metrics.md's table: %v", len(metrics), metrics)
 	}
 	return metrics
 }

@@ -41,17 +41,18 @@ func TestE2EHealthcheck(t *testing.T) {
 	}
 }
 
-// TestE2EMetricsMatchREADME: /metrics exposes every metric the README's
-// table lists, and the table lists every tbproxy_ metric /metrics exposes.
-func TestE2EMetricsMatchREADME(t *testing.T) {
+// TestE2EMetricsMatchDocs: /metrics exposes every metric the table in
+// docs/metrics.md lists, and the table lists every tbproxy_ metric /metrics
+// exposes.
+func TestE2EMetricsMatchDocs(t *testing.T) {
 	t.Parallel()
-	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "metrics.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := strings.Index(string(readme), "## Metrics")
-	end := strings.Index(string(readme)[start+1:], "\n## ")
-	table := string(readme)[start : start+1+end]
+	start := strings.Index(string(doc), "## Metrics")
+	end := strings.Index(string(doc)[start+1:], "\n## ")
+	table := string(doc)[start : start+1+end]
 	var documented []string
 	for _, m := range regexp.MustCompile("`(tbproxy_[a-z_]+)").FindAllStringSubmatch(table, -1) {
 		documented = append(documented, m[1])
@@ -61,7 +62,7 @@ func TestE2EMetricsMatchREADME(t *testing.T) {
 
 	fb := fakebird.NewTB(t, fakebird.Options{})
 	// One proxy with the spool on and one with the JetStream queue, so the
-	// metrics of both are there; the union is what the README documents.
+	// metrics of both are there; the union is what the table documents.
 	spooled := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "SPOOL_DIR": t.TempDir()})
 	queued := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(),
 		"QUEUE_URL": natstest.Start(t).URL(), "QUEUE_MAX_BYTES": "64MiB"})
@@ -76,12 +77,12 @@ func TestE2EMetricsMatchREADME(t *testing.T) {
 	exposed = slices.Compact(exposed)
 	for _, m := range documented {
 		if _, found := slices.BinarySearch(exposed, m); !found {
-			t.Errorf("README lists %s; /metrics does not expose it", m)
+			t.Errorf("docs/metrics.md lists %s; /metrics does not expose it", m)
 		}
 	}
 	for _, m := range exposed {
 		if _, found := slices.BinarySearch(documented, m); !found {
-			t.Errorf("/metrics exposes %s; the README's table does not list it", m)
+			t.Errorf("/metrics exposes %s; the table in docs/metrics.md does not list it", m)
 		}
 	}
 	if len(exposed) < 20 {

@@ -38,7 +38,7 @@ const (
 	hdrDatasource = "Tbproxy-Datasource"
 	hdrRows       = "Tbproxy-Rows"
 	// hdrToken is the client's token, in pass-through mode only: the stream
-	// then holds client tokens (see the README's "Running several replicas").
+	// then holds client tokens (see docs/replicas.md).
 	hdrToken = "Tbproxy-Token"
 	// hdrReply is "<process id>.<request id>" for a wait=true request: the
 	// replica that delivers it publishes the outcome on <subject>.done.<process id>.

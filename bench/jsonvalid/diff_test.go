@@ -37,7 +37,7 @@ func mutate(r *rand.Rand, src []byte) []byte {
 
 // mustAgree names the validators that must agree with encoding/json.Valid on
 // every input: goccy is the one the proxy uses (proxy/ndjson.go). The others
-// are candidates measured for the README; their disagreements are logged.
+// are candidates measured in docs/performance.md; their disagreements are logged.
 var mustAgree = map[string]bool{"goccy": true}
 
 // TestDifferential compares every candidate with encoding/json.Valid on
