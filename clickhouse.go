@@ -5,13 +5,14 @@ import (
 
 	"github.com/tbproxy/tbproxy/config"
 	"github.com/tbproxy/tbproxy/flusher"
+	"github.com/tbproxy/tbproxy/upstream/clickhouse"
 )
 
 // newClickHouse returns the upstream for a clickhouse:// TINYBIRD_BASE_URL:
 // the same batching, retries and dead letters as Tinybird, with each batch
 // inserted into <database>.<datasource>.
-func newClickHouse(cfg config.Config, ch config.ClickHouse, log *slog.Logger) (flusher.Upstream, error) {
-	up, err := flusher.NewClickHouse(flusher.ClickHouseOptions{
+func newClickHouse(cfg config.Config, ch config.ClickHouse, log *slog.Logger) (flusher.Sender, error) {
+	up, err := clickhouse.New(clickhouse.Options{
 		Addr:             ch.Addr,
 		TLS:              ch.TLS,
 		User:             ch.User,

@@ -23,10 +23,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/config"
+	"github.com/tbproxy/tbproxy/deadletter"
 	"github.com/tbproxy/tbproxy/flusher"
 	"github.com/tbproxy/tbproxy/internal/logthrottle"
 	"github.com/tbproxy/tbproxy/proxy"
 	"github.com/tbproxy/tbproxy/spool"
+	"github.com/tbproxy/tbproxy/upstream/filesink"
+	"github.com/tbproxy/tbproxy/upstream/tinybird"
 )
 
 func main() {
@@ -61,7 +64,16 @@ func run() int {
 		log.Error("cannot start", "err", err)
 		return 2
 	}
-	fl, err := flusher.New(buf, flusherOptions(cfg, up), reg, log)
+	// One dead-letter writer for the flusher and the queue; with
+	// DEAD_LETTER_DIR unset it is off, its metrics exported at zero.
+	dead, err := deadletter.New(cfg.DeadLetterDir, reg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	fopts := flusherOptions(cfg, up)
+	fopts.DeadLetters = dead
+	fl, err := flusher.New(buf, fopts, reg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -75,7 +87,7 @@ func run() int {
 		}
 		popts.Store = sp
 	}
-	sq, err := openQueue(cfg, buf, fl, reg, log)
+	sq, err := openQueue(cfg, buf, dead, reg, log)
 	if err != nil {
 		log.Error("cannot open the queue", "err", err)
 		return 1
@@ -204,7 +216,10 @@ func openSpool(cfg config.Config, buf *buffer.Buffer, reg prometheus.Registerer,
 	}, reg, log)
 }
 
-func flusherOptions(cfg config.Config, up flusher.Upstream) flusher.Options {
+// flusherOptions are the flusher's options from cfg, without dead letters:
+// run gives the flusher the writer it shares with the queue, and replay
+// none.
+func flusherOptions(cfg config.Config, up flusher.Sender) flusher.Options {
 	return flusher.Options{
 		Upstream:      up,
 		BatchRows:     cfg.BatchSize,
@@ -214,7 +229,6 @@ func flusherOptions(cfg config.Config, up flusher.Upstream) flusher.Options {
 		MinBackoff:    cfg.RetryMinBackoff,
 		MaxBackoff:    cfg.RetryMaxBackoff,
 		DrainTimeout:  cfg.ShutdownTimeout,
-		DeadLetterDir: cfg.DeadLetterDir,
 		TokenDenyTTL:  cfg.TokenDenyTTL,
 		// The spool keeps what a shutdown could not deliver, for the next
 		// start, and the queue for another replica; dead-lettering it too
@@ -230,14 +244,14 @@ func queueOn(cfg config.Config) bool {
 	return on
 }
 
-func newUpstream(cfg config.Config, log *slog.Logger) (flusher.Upstream, error) {
+func newUpstream(cfg config.Config, log *slog.Logger) (flusher.Sender, error) {
 	if dir, ok := cfg.FileSinkDir(); ok {
-		return flusher.NewFileSink(dir)
+		return filesink.New(dir)
 	}
 	if ch, ok := cfg.ClickHouse(); ok {
 		return newClickHouse(cfg, ch, log)
 	}
-	return flusher.NewTinybird(flusher.TinybirdOptions{
+	return tinybird.New(tinybird.Options{
 		BaseURL:   cfg.TinybirdBaseURL,
 		Token:     cfg.TinybirdToken,
 		Wait:      cfg.UpstreamWait,

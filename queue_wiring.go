@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/config"
-	"github.com/tbproxy/tbproxy/flusher"
+	"github.com/tbproxy/tbproxy/deadletter"
 	"github.com/tbproxy/tbproxy/queue"
 )
 
@@ -21,8 +21,8 @@ type sharedQueue struct {
 }
 
 // openQueue connects to NATS and creates the stream and consumer; nil, nil
-// when QUEUE_URL is unset.
-func openQueue(cfg config.Config, buf *buffer.Buffer, fl *flusher.Flusher, reg prometheus.Registerer, log *slog.Logger) (*sharedQueue, error) {
+// when QUEUE_URL is unset. Messages the queue gives up on go to dead.
+func openQueue(cfg config.Config, buf *buffer.Buffer, dead *deadletter.Writer, reg prometheus.Registerer, log *slog.Logger) (*sharedQueue, error) {
 	urls, ok := cfg.QueueURLs()
 	if !ok {
 		return nil, nil
@@ -41,7 +41,7 @@ func openQueue(cfg config.Config, buf *buffer.Buffer, fl *flusher.Flusher, reg p
 		WaitTimeout:  cfg.WaitTimeout,
 		ClientTokens: cfg.ClientTokensUpstream(),
 		MaxBodyBytes: int(cfg.MaxBodyBytes),
-		DeadLetter:   fl.DeadLetter,
+		DeadLetter:   dead.WriteRows,
 	}, reg, log)
 	if err != nil {
 		return nil, err

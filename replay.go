@@ -78,8 +78,7 @@ func replay(args []string) int {
 		return 2
 	}
 	buf := buffer.New(buffer.Options{MaxEvents: cfg.BufferSize, MaxBytes: int(cfg.BufferMaxBytes)})
-	opts := flusherOptions(cfg, up)
-	opts.DeadLetterDir = ""            // never append to the file being replayed
+	opts := flusherOptions(cfg, up)    // no DeadLetters: never append to the file being replayed
 	opts.DrainTimeout = 24 * time.Hour // replay until done, or until interrupted
 	reg := prometheus.NewRegistry()
 	fl, err := flusher.New(buf, opts, reg, log)

@@ -2,95 +2,90 @@ package flusher
 
 import (
 	"bytes"
-	"io"
 	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/upstream"
 )
 
-// Batch is a group of events for one key that is sent upstream in one
-// request. Its NDJSON is held as pieces of buffer entries, never copied into
-// one slice, so a batch costs a few pointers per request it carries.
+// batch is a group of events for one key that is sent upstream in one
+// request: the upstream.Batch an upstream reads, and, beside each of its
+// Parts, whose rows the part holds. The flusher's own slices are kept in
+// step with Parts by add, split and merge, so a send hands upstream
+// &b.Batch and builds nothing.
 //
-// A Batch is owned by one goroutine at a time: the flusher's loop while it
+// A batch is owned by one goroutine at a time: the flusher's loop while it
 // grows, then the goroutine delivering it. Upstreams only read it.
-type Batch struct {
-	Key buffer.Key
-	// Rows and Bytes are the events and NDJSON bytes the batch carries.
-	Rows, Bytes int
-
-	parts []part
-	first int64 // Accepted time of the oldest entry, Unix nanoseconds
+type batch struct {
+	upstream.Batch
+	pieces []piece // pieces[i] says whose rows Parts[i] holds
 	// sent says an upload of this batch was started: if it was never
 	// acknowledged, upstream may still have written it.
 	sent bool
 }
 
-// part is a run of whole lines from one entry, each ending in '\n', and the
+// piece describes one of a batch's Parts: how many lines it holds, and the
 // waiting client (if any) whose rows they are.
-type part struct {
-	data []byte
+type piece struct {
 	rows int
 	w    *buffer.Waiter
 }
 
-// WriteTo writes the batch as NDJSON (every line ends in '\n') to w.
-func (b *Batch) WriteTo(w io.Writer) (int64, error) {
-	var n int64
-	for _, p := range b.parts {
-		m, err := w.Write(p.data)
-		n += int64(m)
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+func newBatch(k buffer.Key, first int64) *batch {
+	return &batch{Batch: upstream.Batch{Key: k, First: first}}
 }
 
 // add appends rows lines of data. A waiter is told to expect one more piece.
-func (b *Batch) add(data []byte, rows int, accepted int64, w *buffer.Waiter) {
-	if b.Rows == 0 || accepted < b.first {
-		b.first = accepted
+func (b *batch) add(data []byte, rows int, accepted int64, w *buffer.Waiter) {
+	if b.Rows == 0 || accepted < b.First {
+		b.First = accepted
 	}
 	if w != nil {
 		w.AddPart()
 	}
-	b.parts = append(b.parts, part{data: data, rows: rows, w: w})
-	b.Rows += rows
+	b.push(data, piece{rows: rows, w: w})
+}
+
+// push appends a part and its piece, and counts them.
+func (b *batch) push(data []byte, p piece) {
+	b.Parts = append(b.Parts, data)
+	b.pieces = append(b.pieces, p)
+	b.Rows += p.rows
 	b.Bytes += len(data)
 }
 
 // split cuts a batch of two or more rows into two with about half the rows
 // each, at a line boundary. A piece of a waiting request that straddles the
 // cut becomes two pieces. b must not be used afterwards.
-func (b *Batch) split() (*Batch, *Batch) {
-	first := &Batch{Key: b.Key, first: b.first}
-	second := &Batch{Key: b.Key, first: b.first}
+func (b *batch) split() (*batch, *batch) {
+	first, second := newBatch(b.Key, b.First), newBatch(b.Key, b.First)
 	want := b.Rows / 2
-	for _, p := range b.parts {
+	for i, data := range b.Parts {
+		p := b.pieces[i]
 		switch room := want - first.Rows; {
 		case room >= p.rows:
-			first.parts = append(first.parts, p)
-			first.Rows += p.rows
-			first.Bytes += len(p.data)
+			first.push(data, p)
 		case room <= 0:
-			second.parts = append(second.parts, p)
-			second.Rows += p.rows
-			second.Bytes += len(p.data)
+			second.push(data, p)
 		default:
-			n, rows := cutLines(p.data, room, len(p.data))
-			first.parts = append(first.parts, part{data: p.data[:n:n], rows: rows, w: p.w})
-			first.Rows += rows
-			first.Bytes += n
+			n, rows := cutLines(data, room, len(data))
+			first.push(data[:n:n], piece{rows: rows, w: p.w})
 			if p.w != nil {
 				p.w.AddPart() // the same request now finishes in two pieces
 			}
-			second.parts = append(second.parts, part{data: p.data[n:], rows: p.rows - rows, w: p.w})
-			second.Rows += p.rows - rows
-			second.Bytes += len(p.data) - n
+			second.push(data[n:], piece{rows: p.rows - rows, w: p.w})
 		}
 	}
 	return first, second
+}
+
+// merge appends c's parts to b; c must not be used afterwards.
+func (b *batch) merge(c *batch) {
+	b.Parts = append(b.Parts, c.Parts...)
+	b.pieces = append(b.pieces, c.pieces...)
+	b.Rows += c.Rows
+	b.Bytes += c.Bytes
+	b.First = min(b.First, c.First)
 }
 
 // finishWaiters tells every waiting client in the batch its outcome. A
@@ -99,10 +94,10 @@ func (b *Batch) split() (*Batch, *Batch) {
 // rounding so the shares add up exactly to upstream's count; the rest of a
 // piece's rows are successful. If upstream counted fewer rows than were
 // sent (a short ack), successful rows are shared out the same way.
-func (b *Batch) finishWaiters(res Result, f *buffer.Failure) {
+func (b *batch) finishWaiters(res upstream.Result, f *buffer.Failure) {
 	short := res.SuccessfulRows+res.QuarantinedRows < b.Rows
 	var rows, doneS, doneQ int
-	for _, p := range b.parts {
+	for _, p := range b.pieces {
 		rows += p.rows
 		upToQ := rows * res.QuarantinedRows / b.Rows
 		q := upToQ - doneQ
@@ -132,12 +127,12 @@ type policy struct {
 }
 
 // room returns how many more events and bytes a batch may take.
-func (p policy) room(b *Batch) (rows, bytes int) {
+func (p policy) room(b *batch) (rows, bytes int) {
 	return p.rows - b.Rows, p.bytes - b.Bytes
 }
 
 // full reports whether b must be sent now, whatever its age.
-func (p policy) full(b *Batch) bool {
+func (p policy) full(b *batch) bool {
 	return b.Rows >= p.rows || b.Bytes >= p.bytes
 }
 
@@ -168,10 +163,10 @@ func cutLines(data []byte, maxRows, maxBytes int) (n, rows int) {
 // sent in parallel. Owned by the flusher's loop goroutine.
 type stream struct {
 	key       buffer.Key
-	open      *Batch
+	open      *batch
 	openedAt  time.Time
-	ready     []*Batch
-	inflight  *Batch
+	ready     []*batch
+	inflight  *batch
 	runnable  bool      // listed in Flusher.runnable
 	holdUntil time.Time // upstream's rate limit is spent until then; zero if not
 }
@@ -183,7 +178,7 @@ func (s *stream) add(e buffer.Entry, p policy, now time.Time) {
 	data, rows := e.Data, e.Rows
 	for rows > 0 {
 		if s.open == nil {
-			s.open = &Batch{Key: s.key}
+			s.open = newBatch(s.key, 0)
 			s.openedAt = now
 		}
 		roomRows, roomBytes := p.room(s.open)
@@ -225,7 +220,7 @@ func (s *stream) seal() {
 // down) is merged into as few requests as the policy's limits allow, so a
 // stream catches up in large requests instead of one interval's worth at a
 // time.
-func (s *stream) next(p policy) *Batch {
+func (s *stream) next(p policy) *batch {
 	if s.inflight != nil || len(s.ready) == 0 {
 		return nil
 	}
@@ -236,10 +231,7 @@ func (s *stream) next(p policy) *Batch {
 		if b.Rows+c.Rows > p.rows || b.Bytes+c.Bytes > p.bytes {
 			break
 		}
-		b.parts = append(b.parts, c.parts...)
-		b.Rows += c.Rows
-		b.Bytes += c.Bytes
-		b.first = min(b.first, c.first)
+		b.merge(c)
 	}
 	clear(s.ready[:n])
 	s.ready = s.ready[n:]
@@ -255,11 +247,11 @@ func (s *stream) idle() bool {
 func (s *stream) oldest() (int64, bool) {
 	switch {
 	case s.inflight != nil:
-		return s.inflight.first, true
+		return s.inflight.First, true
 	case len(s.ready) > 0:
-		return s.ready[0].first, true
+		return s.ready[0].First, true
 	case s.open != nil:
-		return s.open.first, true
+		return s.open.First, true
 	}
 	return 0, false
 }

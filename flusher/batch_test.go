@@ -3,12 +3,12 @@ package flusher
 import (
 	"bytes"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/upstream"
 )
 
 func TestPolicy(t *testing.T) {
@@ -24,7 +24,7 @@ func TestPolicy(t *testing.T) {
 		{"rows reached", 3, 10, true},
 		{"bytes reached", 1, 100, true},
 	} {
-		if got := p.full(&Batch{Rows: tt.rows, Bytes: tt.size}); got != tt.full {
+		if got := p.full(&batch{Batch: upstream.Batch{Rows: tt.rows, Bytes: tt.size}}); got != tt.full {
 			t.Errorf("%s: full = %v; want %v", tt.name, got, tt.full)
 		}
 	}
@@ -77,50 +77,6 @@ func TestStreamAdd(t *testing.T) {
 	want := []string{"{}\n{}\n{}\n{}\n", "{}\n{}\n", `{"long":"` + strings.Repeat("x", 30) + "\"}\n", "{}\n{}\n"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("batches: got %q; want %q", got, want)
-	}
-}
-
-func TestRetryAfter(t *testing.T) {
-	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	f := func(h map[string]string, want time.Duration) {
-		t.Helper()
-		got := retryAfter(func(k string) string { return h[k] }, now, true)
-		if got != want {
-			t.Errorf("retryAfter(%v) = %s; want %s", h, got, want)
-		}
-	}
-	f(map[string]string{}, 0)
-	f(map[string]string{"Retry-After": "3"}, 3*time.Second)
-	f(map[string]string{"Retry-After": now.Add(7 * time.Second).Format(http.TimeFormat)}, 7*time.Second)
-	f(map[string]string{"X-RateLimit-Reset": "2"}, 2*time.Second)
-	f(map[string]string{"Retry-After": "1", "X-RateLimit-Reset": "9"}, time.Second)
-	f(map[string]string{"Retry-After": "junk", "X-RateLimit-Reset": "4"}, 4*time.Second)
-	f(map[string]string{"Retry-After": "999999"}, maxRetryAfter)
-	f(map[string]string{"Retry-After": "-5"}, 0)
-	// A 500 carries the rate-limit headers too; they do not mean "wait".
-	if got := retryAfter(func(k string) string { return map[string]string{"X-RateLimit-Reset": "9"}[k] }, now, false); got != 0 {
-		t.Errorf("not rate-limited, X-RateLimit-Reset: 9: got %s; want 0 (own backoff)", got)
-	}
-}
-
-func TestClassify(t *testing.T) {
-	none := func(string) string { return "" }
-	for status, want := range map[int]string{200: "ok", 202: "ok", 429: "retry", 500: "retry", 503: "retry", 400: "final", 403: "final", 413: "final", 422: "final"} {
-		err := classify(status, []byte(`{"error":"boom"}`), none, time.Now())
-		_, retry := isRetryable(err)
-		got := "final"
-		switch {
-		case err == nil:
-			got = "ok"
-		case retry:
-			got = "retry"
-		}
-		if got != want {
-			t.Errorf("classify(%d) = %s; want %s", status, got, want)
-		}
-		if err != nil && !strings.Contains(err.Error(), "boom") {
-			t.Errorf("classify(%d) error %q lacks the upstream message", status, err)
-		}
 	}
 }
 
@@ -178,20 +134,20 @@ func TestFinishWaitersShares(t *testing.T) {
 	rowsOf := []int{1, 2, 3, 4}
 	for _, tt := range []struct {
 		name  string
-		res   Result
+		res   upstream.Result
 		wantS []int
 		wantQ []int
 	}{
-		{"all written", Result{SuccessfulRows: 10}, []int{1, 2, 3, 4}, []int{0, 0, 0, 0}},
-		{"3 quarantined", Result{SuccessfulRows: 7, QuarantinedRows: 3}, []int{1, 2, 2, 2}, []int{0, 0, 1, 2}},
-		{"short: 5 written, 2 quarantined of 10", Result{SuccessfulRows: 5, QuarantinedRows: 2}, []int{0, 1, 2, 2}, []int{0, 0, 1, 1}},
-		{"nothing counted", Result{}, []int{0, 0, 0, 0}, []int{0, 0, 0, 0}},
+		{"all written", upstream.Result{SuccessfulRows: 10}, []int{1, 2, 3, 4}, []int{0, 0, 0, 0}},
+		{"3 quarantined", upstream.Result{SuccessfulRows: 7, QuarantinedRows: 3}, []int{1, 2, 2, 2}, []int{0, 0, 1, 2}},
+		{"short: 5 written, 2 quarantined of 10", upstream.Result{SuccessfulRows: 5, QuarantinedRows: 2}, []int{0, 1, 2, 2}, []int{0, 0, 1, 1}},
+		{"nothing counted", upstream.Result{}, []int{0, 0, 0, 0}, []int{0, 0, 0, 0}},
 		// Rounding would give request 3 two successful and two quarantined
 		// rows of its 3: no request is told of more rows than it sent.
-		{"short: 6 written, 3 quarantined of 10", Result{SuccessfulRows: 6, QuarantinedRows: 3}, []int{0, 1, 2, 2}, []int{0, 0, 1, 2}},
+		{"short: 6 written, 3 quarantined of 10", upstream.Result{SuccessfulRows: 6, QuarantinedRows: 3}, []int{0, 1, 2, 2}, []int{0, 0, 1, 2}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			b := &Batch{Key: buffer.Key{Datasource: "ds"}}
+			b := newBatch(buffer.Key{Datasource: "ds"}, 0)
 			var ws []*buffer.Waiter
 			for i, n := range rowsOf {
 				w := buffer.NewWaiter()
@@ -209,10 +165,10 @@ func TestFinishWaitersShares(t *testing.T) {
 			}
 		})
 	}
-	b := &Batch{}
+	b := newBatch(buffer.Key{}, 0)
 	w := buffer.NewWaiter()
 	b.add([]byte("{}\n"), 1, 1, w)
-	b.finishWaiters(Result{}, &buffer.Failure{Status: 400, Message: "no"})
+	b.finishWaiters(upstream.Result{}, &buffer.Failure{Status: 400, Message: "no"})
 	if s, q, f := w.Result(); s != 0 || q != 0 || f == nil || f.Status != 400 {
 		t.Errorf("a refused batch: told %d, %d, %+v; want the failure", s, q, f)
 	}
@@ -221,12 +177,12 @@ func TestFinishWaitersShares(t *testing.T) {
 // TestBatchRemembersItsOldestEvent: a batch's first event time is the
 // earliest of its parts', whatever order they were added in.
 func TestBatchRemembersItsOldestEvent(t *testing.T) {
-	b := &Batch{}
+	b := newBatch(buffer.Key{}, 0)
 	for _, at := range []int64{50, 30, 70, 30} {
 		b.add([]byte("{}\n"), 1, at, nil)
 	}
-	if b.first != 30 {
-		t.Errorf("first = %d; want 30, the earliest", b.first)
+	if b.First != 30 {
+		t.Errorf("First = %d; want 30, the earliest", b.First)
 	}
 }
 
@@ -234,11 +190,11 @@ func TestBatchRemembersItsOldestEvent(t *testing.T) {
 // bytes it holds (dead letters and metrics report them), also when the cut
 // falls inside one request's piece.
 func TestSplitKeepsCounts(t *testing.T) {
-	b := &Batch{Key: buffer.Key{Datasource: "ds"}}
+	b := newBatch(buffer.Key{Datasource: "ds"}, 0)
 	b.add([]byte("{\"a\":1}\n{\"a\":22}\n{\"a\":333}\n"), 3, 1, buffer.NewWaiter())
 	b.add([]byte("{}\n"), 1, 2, nil)
 	first, second := b.split()
-	for i, h := range []*Batch{first, second} {
+	for i, h := range []*batch{first, second} {
 		var data bytes.Buffer
 		if _, err := h.WriteTo(&data); err != nil {
 			t.Fatal(err)

@@ -1,54 +1,49 @@
 package flusher
 
 import (
+	"bytes"
 	"fmt"
-	"io"
 	"testing"
+	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
 )
 
-// BenchmarkCompress measures turning a batch into the gzip'd NDJSON body
-// sent upstream (what a 100,000-row flush costs), with the pooled writer.
+// BenchmarkBatching measures the flusher's own work for a 100,000-row
+// flush, compression aside (see upstream's BenchmarkCompress): taking
+// entries into a stream's batches, merging them into sends, and collecting
+// their memory for release.
 //
 // Recommended CLI invocation:
 //
-//	go test ./flusher -run '^$' -bench Compress -benchmem -count 5
-func BenchmarkCompress(b *testing.B) {
-	up, err := NewTinybird(TinybirdOptions{BaseURL: "http://127.0.0.1:1"})
-	if err != nil {
-		b.Fatal(err)
-	}
+//	go test ./flusher -run '^$' -bench Batching -benchmem -count 5
+func BenchmarkBatching(b *testing.B) {
+	line := []byte(`{"timestamp":"2026-11-23T14:50:00.123Z","session_id":"9f1c2e4a-8b7d-4c3e-a1f2-000000000001","action":"page_hit","payload":{"path":"/zürich/東京","referrer":"https://example.com/?q=ü","ua":"Mozilla/5.0","id":12345678901234567890}}` + "\n")
+	key := buffer.Key{Datasource: "ds"}
 	for _, perEntry := range []int{1, 100} {
 		b.Run(fmt.Sprintf("rows=100000/per_request=%d", perEntry), func(b *testing.B) {
-			batch := &Batch{Key: buffer.Key{Datasource: "ds"}}
-			for i := 0; i < 100_000; i += perEntry {
-				var data []byte
-				for j := range perEntry {
-					data = fmt.Appendf(data, `{"timestamp":"2026-11-23T14:50:%02d.123Z","session_id":"9f1c2e4a-8b7d-4c3e-a1f2-%012d","action":"page_hit","payload":{"path":"/zürich/東京","referrer":"https://example.com/?q=ü","ua":"Mozilla/5.0","id":12345678901234567890}}`+"\n", (i+j)%60, i+j)
-				}
-				batch.add(data, perEntry, 0, nil)
+			data := bytes.Repeat(line, perEntry)
+			entries := make([]buffer.Entry, 100_000/perEntry)
+			for i := range entries {
+				entries[i] = buffer.Entry{Key: key, Data: data, Rows: perEntry, Accepted: int64(i)}
 			}
-			var out countingWriter
+			p := policy{rows: 100_000, bytes: 10 << 20, interval: time.Hour}
+			now := time.Now()
+			var r result
 			b.ReportAllocs()
-			b.SetBytes(int64(batch.Bytes))
 			for b.Loop() {
-				out = 0
-				if err := up.compress(&out, batch); err != nil {
-					b.Fatal(err)
+				s := &stream{key: key}
+				for _, e := range entries {
+					s.add(e, p, now)
 				}
+				s.seal()
+				for bt := s.next(p); bt != nil; bt = s.next(p) {
+					r.release(bt)
+					s.inflight = nil
+				}
+				r.relRows, r.relData = 0, r.relData[:0]
 			}
-			b.ReportMetric(float64(b.N*batch.Rows)/b.Elapsed().Seconds(), "events/s")
-			b.ReportMetric(float64(batch.Bytes)/float64(out), "ratio")
+			b.ReportMetric(float64(b.N*100_000)/b.Elapsed().Seconds(), "events/s")
 		})
 	}
 }
-
-type countingWriter int
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	*w += countingWriter(len(p))
-	return len(p), nil
-}
-
-var _ io.Writer = (*countingWriter)(nil)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/upstream"
 )
 
 // deliver sends one batch until upstream acknowledges it, refuses it for
@@ -17,13 +18,13 @@ import (
 // in halves and each half delivered the same way. Attempts share the
 // Concurrency slots; a batch waiting out its backoff holds none, so a failing
 // key never starves others. The first attempt's slot was taken by startSends.
-func (f *Flusher) deliver(ctx context.Context, b *Batch) result {
+func (f *Flusher) deliver(ctx context.Context, b *batch) result {
 	var r result
 	f.send(ctx, b, &r, true)
 	return r
 }
 
-func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) {
+func (f *Flusher) send(ctx context.Context, b *batch, r *result, haveSlot bool) {
 	f.m.batchEvents.Observe(float64(b.Rows))
 	f.m.batchBytes.Observe(float64(b.Bytes))
 	bounded := 0 // attempts that failed in a way that bounds its own retries
@@ -40,21 +41,21 @@ func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) 
 		start := time.Now()
 		actx, cancel := context.WithDeadline(ctx, f.attemptDeadline(start))
 		b.sent = true
-		res, err := f.opts.Upstream.Send(actx, b)
+		res, err := f.opts.Upstream.Send(actx, &b.Batch)
 		cancel()
 		f.releaseSlot()
 		f.m.observeAttempt(statusOf(res, err), err == nil, time.Since(start))
 
-		wait, retry := isRetryable(err)
+		wait, retry := upstream.Retryable(err)
 		if retry {
 			f.lastFailed.Store(time.Now().UnixNano())
 		} else {
 			f.lastOK.Store(time.Now().UnixNano())
 		}
-		var re *RetryableError
+		var re *upstream.RetryableError
 		if retry && errors.As(err, &re) && re.MaxAttempts > 0 {
 			if bounded++; bounded >= re.MaxAttempts {
-				f.drop(b, &StatusError{Status: cmp.Or(re.Status, http.StatusBadGateway),
+				f.drop(b, &upstream.StatusError{Status: cmp.Or(re.Status, http.StatusBadGateway),
 					Message: fmt.Sprintf("upstream kept failing after %d attempts: %s", bounded, cmp.Or(re.Public, re.Err.Error())),
 					Detail:  fmt.Sprintf("gave up after %d attempts failing so: %v", bounded, re.Err)}, r)
 				return
@@ -65,7 +66,7 @@ func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) 
 			return
 		}
 		if !retry {
-			var se *StatusError
+			var se *upstream.StatusError
 			if errors.As(err, &se) && se.Status == http.StatusRequestEntityTooLarge && b.Rows > 1 {
 				first, second := b.split()
 				f.log.Warn("upstream found the batch too large, sending it in halves",
@@ -97,7 +98,7 @@ func (f *Flusher) send(ctx context.Context, b *Batch, r *result, haveSlot bool) 
 	}
 }
 
-func (f *Flusher) delivered(b *Batch, res Result, r *result, attempt int, took time.Duration) {
+func (f *Flusher) delivered(b *batch, res upstream.Result, r *result, attempt int, took time.Duration) {
 	f.log.Debug("batch delivered", "datasource", b.Key.Datasource, "events", b.Rows,
 		"bytes", b.Bytes, "attempt", attempt, "took", took.String())
 	f.m.delivered.Add(float64(res.SuccessfulRows))
@@ -118,9 +119,9 @@ func (f *Flusher) delivered(b *Batch, res Result, r *result, attempt int, took t
 // logged, written to the dead-letter directory, and its waiting clients get
 // upstream's answer. A 403 for a client's own token (pass-through mode)
 // makes the buffer refuse that token for that datasource for TokenDenyTTL.
-func (f *Flusher) drop(b *Batch, err error, r *result) {
+func (f *Flusher) drop(b *batch, err error, r *result) {
 	failure := &buffer.Failure{Status: http.StatusBadGateway, Message: err.Error(), Reason: reasonUpstreamRejected}
-	var se *StatusError
+	var se *upstream.StatusError
 	if errors.As(err, &se) {
 		failure.Status, failure.Message, failure.Detail = se.Status, se.Message, se.Detail
 		switch {
@@ -131,30 +132,14 @@ func (f *Flusher) drop(b *Batch, err error, r *result) {
 		}
 	}
 	f.m.dropped.WithLabelValues(failure.Reason).Add(float64(b.Rows))
-	path := f.deadLetter(b, failure)
+	path := f.dead.Write(&b.Batch, failure)
 	f.log.Error("batch dropped", "datasource", b.Key.Datasource, "events", b.Rows,
 		"reason", failure.Reason, "status", failure.Status, "err", err, "dead_letter", path)
 	if failure.Status == http.StatusForbidden && b.Key.Token != "" && f.opts.TokenDenyTTL > 0 {
 		f.buf.Deny(b.Key, time.Now().Add(f.opts.TokenDenyTTL))
 	}
-	b.finishWaiters(Result{}, failure)
+	b.finishWaiters(upstream.Result{}, failure)
 	r.release(b)
-}
-
-// deadLetter writes b to the dead-letter directory, if one is set, and
-// returns the file it went to ("" if none).
-func (f *Flusher) deadLetter(b *Batch, failure *buffer.Failure) string {
-	if f.dead == nil {
-		return ""
-	}
-	path, err := f.dead.write(b, failure, time.Now())
-	if err != nil {
-		f.m.deadLetterErrors.Inc()
-		f.log.Error("cannot write dead letter", "datasource", b.Key.Datasource, "events", b.Rows, "err", err)
-		return ""
-	}
-	f.m.deadLettered.Add(float64(b.Rows))
-	return path
 }
 
 // attemptDeadline is when an attempt started at now must give up: never
@@ -179,9 +164,9 @@ func (f *Flusher) backoff(attempt int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-func statusOf(res Result, err error) int {
-	var re *RetryableError
-	var se *StatusError
+func statusOf(res upstream.Result, err error) int {
+	var re *upstream.RetryableError
+	var se *upstream.StatusError
 	switch {
 	case err == nil:
 		return res.Status

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,7 +17,9 @@ import (
 	json "github.com/goccy/go-json"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/deadletter"
 	"github.com/tbproxy/tbproxy/internal/fakebird"
+	"github.com/tbproxy/tbproxy/upstream"
 )
 
 // Test413SplitsBatches: upstream refuses bodies above a size with 413; the
@@ -28,7 +29,7 @@ func Test413SplitsBatches(t *testing.T) {
 	const limit = 2048
 	fb := fakebird.NewTB(t, fakebird.Options{MaxBodyBytes: limit})
 	dir := t.TempDir()
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DeadLetterDir: dir})
+	h := startFlusherWithDeadLetters(t, newTinybird(t, fb), Options{FlushInterval: time.Hour}, dir)
 	var want []string
 	for i := range 100 {
 		want = append(want, event(i))
@@ -67,7 +68,7 @@ func TestDeadLetterFile(t *testing.T) {
 	fb := fakebird.NewTB(t, fakebird.Options{})
 	fb.SetFault(fakebird.ForDatasource("bad", fakebird.Always(fakebird.Response{Status: 400, Body: `{"error":"column x is missing"}`})))
 	dir := t.TempDir()
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DeadLetterDir: dir})
+	h := startFlusherWithDeadLetters(t, newTinybird(t, fb), Options{FlushInterval: time.Hour}, dir)
 	h.put(t, buffer.Key{Token: "secret-client-token", Datasource: "bad"}, event(1), event(2))
 	h.put(t, buffer.Key{Token: "t", Datasource: "good"}, event(3))
 	if err := h.stop(t); err != nil {
@@ -81,7 +82,7 @@ func TestDeadLetterFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rec DeadLetter
+	var rec deadletter.Record
 	sc := bufio.NewScanner(bytes.NewReader(meta))
 	n := 0
 	for sc.Scan() {
@@ -100,7 +101,7 @@ func TestDeadLetterFile(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "good.ndjson")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a delivered datasource has a dead-letter file (err %v)", err)
 	}
-	if got := testutil.ToFloat64(h.f.m.deadLettered); got != 2 {
+	if got := h.counter(t, "tbproxy_dead_lettered_events_total"); got != 2 {
 		t.Errorf("tbproxy_dead_lettered_events_total: got %v; want 2", got)
 	}
 }
@@ -118,29 +119,6 @@ func TestRateLimitHold(t *testing.T) {
 	}
 	if got := fb.StatusCounts()[429]; got != 0 {
 		t.Errorf("earned %d 429s; the proxy should have waited for the reset", got)
-	}
-}
-
-// TestRetryAfterSources: a 429's wait comes from Retry-After, else from
-// X-RateLimit-Reset; a 5xx's only from Retry-After (its X-RateLimit-Reset
-// is about a window it did not say was spent).
-func TestRetryAfterSources(t *testing.T) {
-	now := time.Now()
-	for _, tc := range []struct {
-		status int
-		header map[string]string
-		want   time.Duration
-	}{
-		{429, map[string]string{"Retry-After": "3", "X-RateLimit-Reset": "7"}, 3 * time.Second},
-		{429, map[string]string{"X-RateLimit-Reset": "7"}, 7 * time.Second},
-		{503, map[string]string{"X-RateLimit-Reset": "7"}, 0},
-		{503, map[string]string{"Retry-After": "2"}, 2 * time.Second},
-	} {
-		err := classify(tc.status, nil, func(k string) string { return tc.header[k] }, now)
-		var re *RetryableError
-		if !errors.As(err, &re) || re.RetryAfter != tc.want {
-			t.Errorf("%d %v: got %v; want a RetryableError waiting %s", tc.status, tc.header, err, tc.want)
-		}
 	}
 }
 
@@ -222,9 +200,9 @@ func TestShutdownTimeoutTellsWaitersAndDeadLetters(t *testing.T) {
 	fb := fakebird.NewTB(t, fakebird.Options{})
 	fb.SetFault(fakebird.Always(fakebird.Response{Status: 500}))
 	dir := t.TempDir()
-	h := startFlusher(t, newTinybird(t, fb), Options{
-		FlushInterval: time.Hour, BatchRows: 2, DrainTimeout: 300 * time.Millisecond, DeadLetterDir: dir, Concurrency: 1,
-	})
+	h := startFlusherWithDeadLetters(t, newTinybird(t, fb), Options{
+		FlushInterval: time.Hour, BatchRows: 2, DrainTimeout: 300 * time.Millisecond, Concurrency: 1,
+	}, dir)
 	var ws []*buffer.Waiter
 	var want []string
 	for i := range 10 {
@@ -331,11 +309,13 @@ func TestShutdownTimeoutRetainedTellsTheTruth(t *testing.T) {
 	}
 }
 
-// upstreamFunc is an Upstream that answers with a function: a scripted
+// upstreamFunc is a Sender that answers with a function: a scripted
 // sender for loop tests that need no HTTP.
-type upstreamFunc func(ctx context.Context, b *Batch) (Result, error)
+type upstreamFunc func(ctx context.Context, b *upstream.Batch) (upstream.Result, error)
 
-func (f upstreamFunc) Send(ctx context.Context, b *Batch) (Result, error) { return f(ctx, b) }
+func (f upstreamFunc) Send(ctx context.Context, b *upstream.Batch) (upstream.Result, error) {
+	return f(ctx, b)
+}
 
 // TestBoundedRetriesDrop: a failure that bounds its attempts (an unknown
 // ClickHouse code) drops the batch after them, tells its waiter and frees
@@ -343,19 +323,19 @@ func (f upstreamFunc) Send(ctx context.Context, b *Batch) (Result, error) { retu
 // waiter is told the public message, the dead letter the whole error.
 func TestBoundedRetriesDrop(t *testing.T) {
 	var calls atomic.Int32
-	up := upstreamFunc(func(_ context.Context, b *Batch) (Result, error) {
-		if strings.Contains(string(b.parts[0].data), "poison") {
+	up := upstreamFunc(func(_ context.Context, b *upstream.Batch) (upstream.Result, error) {
+		if strings.Contains(string(b.Parts[0]), "poison") {
 			// An outage first (retried without bound), then the bounded kind.
 			if calls.Add(1) <= 4 {
-				return Result{}, &RetryableError{Err: errors.New("connection refused")}
+				return upstream.Result{}, &upstream.RetryableError{Err: errors.New("connection refused")}
 			}
-			return Result{}, &RetryableError{Status: 500, MaxAttempts: 3, Public: "ClickHouse answered 500 (code 9999)",
+			return upstream.Result{}, &upstream.RetryableError{Status: 500, MaxAttempts: 3, Public: "ClickHouse answered 500 (code 9999)",
 				Err: errors.New("code 9999: cannot handle row before: secret@example.com")}
 		}
-		return Result{SuccessfulRows: b.Rows}, nil
+		return upstream.Result{SuccessfulRows: b.Rows}, nil
 	})
 	dir := t.TempDir()
-	h := startFlusher(t, up, Options{FlushInterval: 10 * time.Millisecond, DeadLetterDir: dir})
+	h := startFlusherWithDeadLetters(t, up, Options{FlushInterval: 10 * time.Millisecond}, dir)
 	w := putWaiting(t, h.buf, buffer.Key{Datasource: "ds"}, `{"poison":1}`)
 	_, _, f := waitDone(t, w)
 	if f == nil || f.Status != 500 || strings.Contains(f.Message, "secret@example.com") || !strings.Contains(f.Message, "after 3 attempts") {
@@ -395,32 +375,5 @@ func TestBackoffBetweenAttempts(t *testing.T) {
 		if gap := reqs[i+1].Time.Sub(reqs[i].Time); gap < least {
 			t.Errorf("retry %d came %s after the failure; want at least %s", i+1, gap, least)
 		}
-	}
-}
-
-// TestAppendFailureLeavesNoTornLine: a dead letter whose write fails
-// halfway is cut back out of the file and the failure is reported, so a
-// retry appends whole lines after the ones already there.
-func TestAppendFailureLeavesNoTornLine(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "ds.ndjson")
-	if err := os.WriteFile(path, []byte("{\"kept\":1}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	boom := errors.New("disk full")
-	_, err := appendTo(path, func(w io.Writer) error {
-		if _, err := w.Write([]byte(`{"torn":`)); err != nil {
-			return err
-		}
-		return boom
-	})
-	if !errors.Is(err, boom) {
-		t.Errorf("appendTo: got %v; want the write's error", err)
-	}
-	off, err := appendTo(path, func(w io.Writer) error { _, err := w.Write([]byte("{\"next\":2}\n")); return err })
-	if err != nil || off != int64(len("{\"kept\":1}\n")) {
-		t.Errorf("appendTo after a failure: offset %d, %v; want %d, nil", off, err, len("{\"kept\":1}\n"))
-	}
-	if got, _ := os.ReadFile(path); string(got) != "{\"kept\":1}\n{\"next\":2}\n" {
-		t.Errorf("file holds %q; want the kept line and the next one only", got)
 	}
 }

@@ -9,20 +9,34 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/deadletter"
+	"github.com/tbproxy/tbproxy/upstream"
 )
+
+// Sender delivers batches somewhere: Tinybird's Events API
+// (upstream/tinybird), a ClickHouse server (upstream/clickhouse), or a
+// local directory (upstream/filesink). Send returns nil only when the
+// upstream acknowledged the batch. A failure worth retrying is reported as
+// an error wrapping a *upstream.RetryableError; any other error means
+// retrying cannot help and the batch is dropped (a *upstream.StatusError
+// carries the status waiting clients are told). Send must honour ctx's
+// deadline and must not keep b, or its Parts, after it returns.
+// Implementations are safe for concurrent use.
+type Sender interface {
+	Send(ctx context.Context, b *upstream.Batch) (upstream.Result, error)
+}
 
 // Options configure a Flusher. Zero values are replaced by the defaults
 // noted on each field.
 type Options struct {
 	// Upstream receives the batches. Required.
-	Upstream Upstream
+	Upstream Sender
 	// BatchRows and BatchBytes cut a batch (defaults 100,000 and 10 MiB).
 	BatchRows, BatchBytes int
 	// FlushInterval sends a batch this long after its first event even if it
@@ -35,10 +49,9 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// DrainTimeout bounds delivery after Run's context ends (default 30s).
 	DrainTimeout time.Duration
-	// DeadLetterDir, when set, receives every dropped batch: its rows are
-	// appended to <dir>/<datasource>.ndjson and a line describing the drop
-	// to <dir>/<datasource>.errors.jsonl.
-	DeadLetterDir string
+	// DeadLetters, when set, receives every dropped batch (see the
+	// deadletter package); nil, or a Writer that is off, keeps none.
+	DeadLetters *deadletter.Writer
 	// TokenDenyTTL, when positive, makes the buffer refuse a client token
 	// (pass-through mode) for this long after upstream answered it 403.
 	TokenDenyTTL time.Duration
@@ -100,12 +113,12 @@ type Flusher struct {
 	// by the loop, read by the metrics scrape. Zero when nothing is held.
 	oldestNanos atomic.Int64
 
-	dead *deadLetters // nil when DeadLetterDir is unset
+	dead *deadletter.Writer // never nil; off when Options.DeadLetters is unset
 
 	// Owned by the Run goroutine.
 	streams  map[buffer.Key]*stream
 	runnable []*stream // streams that may have a batch to start; see wake
-	leftover []*Batch  // pieces abandoned at a hard stop
+	leftover []*batch  // pieces abandoned at a hard stop
 }
 
 // gatherDelay is how long the loop lets requests gather in the buffer after
@@ -123,18 +136,15 @@ type result struct {
 	// of the batch was abandoned at a hard stop and is still held.
 	relRows  int
 	relData  [][]byte
-	leftover []*Batch // abandoned pieces, for the dead-letter file
+	leftover []*batch // abandoned pieces, for the dead-letter file
 	hold     time.Duration
 }
 
 // release notes that b's rows were delivered or dropped: the loop gives
 // their memory back to the buffer.
-func (r *result) release(b *Batch) {
+func (r *result) release(b *batch) {
 	r.relRows += b.Rows
-	r.relData = slices.Grow(r.relData, len(b.parts))
-	for _, p := range b.parts {
-		r.relData = append(r.relData, p.data)
-	}
+	r.relData = append(r.relData, b.Parts...)
 }
 
 // New returns a Flusher that drains buf into opts.Upstream. Metrics are
@@ -153,13 +163,10 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 		freed:   make(chan struct{}, 1),
 		results: make(chan result),
 		streams: make(map[buffer.Key]*stream),
+		dead:    opts.DeadLetters,
 	}
-	if opts.DeadLetterDir != "" {
-		d, err := newDeadLetters(opts.DeadLetterDir)
-		if err != nil {
-			return nil, err
-		}
-		f.dead = d
+	if f.dead == nil {
+		f.dead = new(deadletter.Writer) // off: its zero value keeps nothing
 	}
 	m, err := newMetrics(reg, buf, f.oldestAge)
 	if err != nil {
@@ -395,7 +402,7 @@ func (f *Flusher) abandon() error {
 			Message: "the proxy shut down before upstream acknowledged these rows; they are kept and will be delivered " +
 				"after it restarts (or by another replica), so retrying this request may create duplicates"}
 		for _, b := range f.heldBatches() {
-			b.finishWaiters(Result{}, retained)
+			b.finishWaiters(upstream.Result{}, retained)
 		}
 		f.log.Warn("shutdown timeout: undelivered events stay in the spool and will be delivered after the next start",
 			"events", lost, "timeout", f.opts.DrainTimeout.String())
@@ -410,19 +417,19 @@ func (f *Flusher) abandon() error {
 		if b.sent {
 			failure = maybeWritten
 		}
-		f.deadLetter(b, failure)
-		b.finishWaiters(Result{}, failure)
+		f.dead.Write(&b.Batch, failure)
+		b.finishWaiters(upstream.Result{}, failure)
 	}
 	f.m.dropped.WithLabelValues(reasonShutdownTimeout).Add(float64(lost))
 	f.log.Error("shutdown timeout: acknowledged events were not delivered",
 		"events", lost, "reason", reasonShutdownTimeout, "timeout", f.opts.DrainTimeout.String(),
-		"dead_letter_dir", f.opts.DeadLetterDir)
+		"dead_letter_dir", f.dead.Dir())
 	return fmt.Errorf("%w: %d events still held after %s", ErrUndelivered, lost, f.opts.DrainTimeout)
 }
 
 // heldBatches collects every batch still held after a hard stop: pieces
 // abandoned in flight, batches waiting or growing, and entries never taken.
-func (f *Flusher) heldBatches() []*Batch {
+func (f *Flusher) heldBatches() []*batch {
 	out := f.leftover
 	for _, s := range f.streams {
 		out = append(out, s.ready...)
@@ -431,7 +438,7 @@ func (f *Flusher) heldBatches() []*Batch {
 		}
 	}
 	for _, e := range f.buf.Take(nil) {
-		b := &Batch{Key: e.Key}
+		b := newBatch(e.Key, 0)
 		b.add(e.Data, e.Rows, e.Accepted, e.Waiter)
 		out = append(out, b)
 	}

@@ -1,23 +1,21 @@
 package flusher
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	json "github.com/goccy/go-json"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/deadletter"
 	"github.com/tbproxy/tbproxy/internal/fakebird"
+	"github.com/tbproxy/tbproxy/upstream/tinybird"
 )
 
 const upstreamToken = "tb-upstream-token"
@@ -31,15 +29,30 @@ type harness struct {
 	done   chan error
 }
 
-func startFlusher(t *testing.T, up Upstream, opts Options) *harness {
+// startFlusher runs a Flusher over a fresh buffer and registry, its dead
+// letters off.
+func startFlusher(t *testing.T, up Sender, opts Options) *harness {
+	t.Helper()
+	return startFlusherWithDeadLetters(t, up, opts, "")
+}
+
+// startFlusherWithDeadLetters is startFlusher with dropped batches written
+// to deadLetterDir, the writer's metrics beside the flusher's, as main
+// wires them.
+func startFlusherWithDeadLetters(t *testing.T, up Sender, opts Options, deadLetterDir string) *harness {
 	t.Helper()
 	buf := buffer.New(buffer.Options{MaxEvents: 1 << 20, MaxBytes: 1 << 28})
 	reg := prometheus.NewRegistry()
-	opts.Upstream = up
+	log := slog.New(slog.DiscardHandler)
+	dead, err := deadletter.New(deadLetterDir, reg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Upstream, opts.DeadLetters = up, dead
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff, opts.MaxBackoff = 5*time.Millisecond, 50*time.Millisecond
 	}
-	f, err := New(buf, opts, reg, slog.New(slog.DiscardHandler))
+	f, err := New(buf, opts, reg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,9 +96,28 @@ func (h *harness) put(t *testing.T, k buffer.Key, lines ...string) {
 	}
 }
 
-func newTinybird(t *testing.T, fb *fakebird.Server) *Tinybird {
+// counter returns the value of the counter called name on the harness's
+// registry: the flusher's metrics and the dead-letter writer's.
+func (h *harness) counter(t *testing.T, name string) float64 {
 	t.Helper()
-	up, err := NewTinybird(TinybirdOptions{BaseURL: fb.URL(), Token: upstreamToken, Wait: true, Timeout: 5 * time.Second})
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no counter %s", name)
+	return 0
+}
+
+// newTinybird returns a Tinybird client for fb: the flusher tests that
+// predate the scripted senders (gate, upstreamFunc) go through a real one.
+func newTinybird(t *testing.T, fb *fakebird.Server) *tinybird.Client {
+	t.Helper()
+	up, err := tinybird.New(tinybird.Options{BaseURL: fb.URL(), Token: upstreamToken, Wait: true, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,149 +413,5 @@ func TestShutdownTimeoutAbandonsSendDuringDrain(t *testing.T) {
 	// was held to the drain deadline.
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("shutdown took %s with a 300ms drain timeout", took)
-	}
-}
-
-func TestFileSink(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "events")
-	sink, err := NewFileSink(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := startFlusher(t, sink, Options{FlushInterval: time.Hour})
-	h.put(t, buffer.Key{Datasource: "page_views"}, event(1), event(2))
-	h.put(t, buffer.Key{Datasource: "page_views"}, event(3))
-	h.put(t, buffer.Key{Datasource: "clicks"}, event(4))
-	if err := h.stop(t); err != nil {
-		t.Fatal(err)
-	}
-	for file, want := range map[string]string{
-		"page_views.ndjson": event(1) + "\n" + event(2) + "\n" + event(3) + "\n",
-		"clicks.ndjson":     event(4) + "\n",
-	} {
-		got, err := os.ReadFile(filepath.Join(dir, file))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(got) != want {
-			t.Errorf("%s: got %q; want %q", file, got, want)
-		}
-	}
-	if got := testutil.ToFloat64(h.f.m.upstreamRequests.WithLabelValues("ok")); got != 2 {
-		t.Errorf(`tbproxy_upstream_requests_total{code="ok"}: got %v; want 2`, got)
-	}
-}
-
-// TestFileNamesAtAnyLength: every valid datasource name, up to 255 bytes,
-// gets files the file system accepts, in the file sink and the dead-letter
-// directory alike; a name too long for every suffix is shortened with a
-// hash, and the dead letter's record keeps the whole name.
-func TestFileNamesAtAnyLength(t *testing.T) {
-	fits := strings.Repeat("f", maxStem)
-	long := strings.Repeat("l", 255)
-	longer := strings.Repeat("l", 254) + "m" // differs only past the kept prefix
-	dir := filepath.Join(t.TempDir(), "events")
-	sink, err := NewFileSink(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := startFlusher(t, sink, Options{FlushInterval: time.Hour})
-	for _, ds := range []string{fits, long, longer} {
-		h.put(t, buffer.Key{Datasource: ds}, event(len(ds)))
-	}
-	if err := h.stop(t); err != nil {
-		t.Fatalf("the file sink did not deliver: %v", err)
-	}
-	for _, ds := range []string{fits, long, longer} {
-		got, err := os.ReadFile(filepath.Join(dir, fileStem(ds)+".ndjson"))
-		if err != nil || string(got) != event(len(ds))+"\n" {
-			t.Errorf("datasource of %d bytes: got %q, %v", len(ds), got, err)
-		}
-	}
-	if fileStem(fits) != fits || fileStem(long) == fileStem(longer) || len(fileStem(long)) > maxStem {
-		t.Errorf("stems: %d bytes kept whole: %v; long ones differ: %v", len(fits), fileStem(fits) == fits, fileStem(long) != fileStem(longer))
-	}
-
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	fb.SetFault(fakebird.Always(fakebird.Response{Status: 400, Body: `{"error":"no"}`}))
-	dead := t.TempDir()
-	h = startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DeadLetterDir: dead})
-	h.put(t, buffer.Key{Datasource: long}, event(1))
-	if err := h.stop(t); err != nil {
-		t.Fatal(err)
-	}
-	if got := testutil.ToFloat64(h.f.m.deadLettered); got != 1 {
-		t.Fatalf("dead-lettered %v rows of a 255-byte datasource; want 1", got)
-	}
-	meta, err := os.ReadFile(filepath.Join(dead, fileStem(long)+".errors.jsonl"))
-	var rec DeadLetter
-	if err != nil || json.Unmarshal(bytes.TrimSpace(meta), &rec) != nil || rec.Datasource != long || rec.File != fileStem(long)+".ndjson" {
-		t.Errorf("record %q (%v); want the whole name and the shortened file", meta, err)
-	}
-}
-
-// TestFileStemNeverLeavesTheDirectory: whatever bytes a name holds (it
-// should never be invalid, but a forged record could carry one), its stem
-// is a plain file name.
-func TestFileStemNeverLeavesTheDirectory(t *testing.T) {
-	for _, ds := range []string{"../../../../tmp/x", "/etc/passwd", "a/b", ".", "..", "", "x\x00y", strings.Repeat("é", 200)} {
-		s := fileStem(ds)
-		if s == "" || strings.ContainsAny(s, "/.\x00") || len(s) > maxStem || s != filepath.Base(s) {
-			t.Errorf("fileStem(%q) = %q", ds, s)
-		}
-	}
-}
-
-// TestFileStemKeepsWhatIsReadable: a shortened stem starts with the name's
-// letters, digits and underscores, in order and nothing else, at most 200
-// of them, so an operator can still tell whose file it is.
-func TestFileStemKeepsWhatIsReadable(t *testing.T) {
-	neighbours := "`{@[/:" // the bytes just outside each kept range
-	for ds, prefix := range map[string]string{
-		neighbours + "azAZ09_" + neighbours: "azAZ09_",
-		strings.Repeat("x", 300):            strings.Repeat("x", 200),
-	} {
-		s := fileStem(ds)
-		head, sum, ok := strings.Cut(s, "-")
-		if !ok || head != prefix || len(sum) != 16 || strings.Trim(sum, "0123456789abcdef") != "" {
-			t.Errorf("fileStem(%q) = %q; want %q, '-' and 16 hex digits", ds, s, prefix)
-		}
-	}
-}
-
-// TestFileSinkPermanentErrorIsDropped: a write that can never succeed (the
-// datasource's file is a directory) drops the batch with a reason and tells
-// its waiter, instead of retrying forever while the buffer fills.
-func TestFileSinkPermanentErrorIsDropped(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "blocked.ndjson"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sink, err := NewFileSink(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := startFlusher(t, sink, Options{FlushInterval: 10 * time.Millisecond})
-	w := buffer.NewWaiter()
-	if err := h.buf.PutWaiting(buffer.Key{Datasource: "blocked"}, [][]byte{[]byte(event(1))}, w); err != nil {
-		t.Fatal(err)
-	}
-	h.put(t, buffer.Key{Datasource: "fine"}, event(2))
-	select {
-	case <-w.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the waiter was never told: the batch is being retried")
-	}
-	if _, _, f := w.Result(); f == nil || !strings.Contains(f.Message, "is a directory") {
-		t.Errorf("waiter got failure %+v; want the write's error", f)
-	}
-	if err := h.stop(t); err != nil {
-		t.Fatal(err)
-	}
-	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonUpstreamRejected)); got != 1 {
-		t.Errorf("dropped{reason=upstream_rejected} = %v; want 1", got)
-	}
-	if got, _ := os.ReadFile(filepath.Join(dir, "fine.ndjson")); string(got) != event(2)+"\n" {
-		t.Errorf("fine.ndjson = %q", got)
 	}
 }

@@ -3,14 +3,17 @@ package flusher
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/internal/poll"
+	"github.com/tbproxy/tbproxy/upstream"
 )
 
 // gate is a scripted upstream: every Send is recorded, announced on sent,
@@ -28,21 +31,21 @@ func newGate() *gate {
 	return &gate{sent: make(chan string, 1024), open: make(chan struct{}, 1024), rows: make(map[string]int)}
 }
 
-func (g *gate) Send(ctx context.Context, b *Batch) (Result, error) {
+func (g *gate) Send(ctx context.Context, b *upstream.Batch) (upstream.Result, error) {
 	var data bytes.Buffer
 	if _, err := b.WriteTo(&data); err != nil {
-		return Result{}, err
+		return upstream.Result{}, err
 	}
 	g.sent <- b.Key.Datasource + " " + data.String()
 	select {
 	case <-g.open:
 	case <-ctx.Done():
-		return Result{}, &RetryableError{Err: ctx.Err()}
+		return upstream.Result{}, &upstream.RetryableError{Err: ctx.Err()}
 	}
 	g.mu.Lock()
 	g.rows[b.Key.Datasource] += b.Rows
 	g.mu.Unlock()
-	return Result{SuccessfulRows: b.Rows}, nil
+	return upstream.Result{SuccessfulRows: b.Rows}, nil
 }
 
 // next returns the next batch Send received.
@@ -155,4 +158,54 @@ func TestOldestEventAge(t *testing.T) {
 		t.Errorf("oldest event age %s; want the first event's, over %s", age, time.Since(newest)+300*time.Millisecond)
 	}
 	g.let(i + 1)
+}
+
+// TestNonHTTPSuccessCountsAsOK: an acknowledgement without an HTTP status
+// (the file sink's) is counted under tbproxy_upstream_requests_total
+// {code="ok"}, once per batch.
+func TestNonHTTPSuccessCountsAsOK(t *testing.T) {
+	g := newGate()
+	h := startFlusher(t, g, Options{FlushInterval: time.Hour})
+	g.let(2)
+	h.put(t, buffer.Key{Datasource: "page_views"}, event(1), event(2))
+	h.put(t, buffer.Key{Datasource: "page_views"}, event(3))
+	h.put(t, buffer.Key{Datasource: "clicks"}, event(4))
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.acked("page_views") + g.acked("clicks"); got != 4 {
+		t.Errorf("%d rows acknowledged; want 4", got)
+	}
+	if got := testutil.ToFloat64(h.f.m.upstreamRequests.WithLabelValues("ok")); got != 2 {
+		t.Errorf(`tbproxy_upstream_requests_total{code="ok"}: got %v; want 2`, got)
+	}
+}
+
+// TestFinalErrorIsDropped: an error that is neither retryable nor an HTTP
+// refusal (the file sink's, when a datasource's file is a directory) drops
+// the batch with reason upstream_rejected and tells its waiter the error,
+// instead of retrying forever while the buffer fills; other datasources
+// keep flowing.
+func TestFinalErrorIsDropped(t *testing.T) {
+	up := upstreamFunc(func(_ context.Context, b *upstream.Batch) (upstream.Result, error) {
+		if b.Key.Datasource == "blocked" {
+			return upstream.Result{}, errors.New("append 1 events to blocked.ndjson: is a directory")
+		}
+		return upstream.Result{SuccessfulRows: b.Rows}, nil
+	})
+	h := startFlusher(t, up, Options{FlushInterval: 10 * time.Millisecond})
+	w := putWaiting(t, h.buf, buffer.Key{Datasource: "blocked"}, event(1))
+	fine := putWaiting(t, h.buf, buffer.Key{Datasource: "fine"}, event(2))
+	if _, _, f := waitDone(t, w); f == nil || f.Status != 502 || !strings.Contains(f.Message, "is a directory") {
+		t.Errorf("waiter got failure %+v; want 502 and the write's error", f)
+	}
+	if s, _, f := waitDone(t, fine); s != 1 || f != nil {
+		t.Errorf("the other datasource: %d rows, %+v; want delivered", s, f)
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonUpstreamRejected)); got != 1 {
+		t.Errorf("dropped{reason=upstream_rejected} = %v; want 1", got)
+	}
 }

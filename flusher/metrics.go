@@ -39,8 +39,6 @@ type metrics struct {
 	batchBytes       prometheus.Histogram
 	inflight         prometheus.Gauge
 	splits           prometheus.Counter
-	deadLettered     prometheus.Counter
-	deadLetterErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer, oldest func() time.Duration) (*metrics, error) {
@@ -88,14 +86,6 @@ func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer, oldest func() tim
 			Name: "tbproxy_upstream_splits_total",
 			Help: "Batches split in halves because upstream answered 413.",
 		}),
-		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tbproxy_dead_lettered_events_total",
-			Help: "Dropped events written to DEAD_LETTER_DIR.",
-		}),
-		deadLetterErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tbproxy_dead_letter_errors_total",
-			Help: "Dropped batches that could not be written to DEAD_LETTER_DIR.",
-		}),
 	}
 	for _, r := range dropReasons {
 		m.dropped.WithLabelValues(r)
@@ -106,7 +96,7 @@ func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer, oldest func() tim
 	}
 	cs := []prometheus.Collector{
 		m.upstreamRequests, m.upstreamDuration, m.retries, m.delivered, m.quarantined,
-		m.dropped, m.batchEvents, m.batchBytes, m.inflight, m.splits, m.deadLettered, m.deadLetterErrors,
+		m.dropped, m.batchEvents, m.batchBytes, m.inflight, m.splits,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tbproxy_buffer_events",
 			Help: "Events held: accepted and not yet delivered or dropped.",

@@ -16,6 +16,7 @@ import (
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/flusher"
 	"github.com/tbproxy/tbproxy/internal/fakebird"
+	"github.com/tbproxy/tbproxy/upstream/tinybird"
 )
 
 // startDelivering runs a real server and a real flusher shipping to fb, as
@@ -29,7 +30,7 @@ func startDelivering(t *testing.T, fb *fakebird.Server, opts Options, fopts flus
 func startDeliveringBuffer(t *testing.T, fb *fakebird.Server, opts Options, fopts flusher.Options, bopts buffer.Options) *testServer {
 	t.Helper()
 	ts := startServer(t, opts, bopts)
-	up, err := flusher.NewTinybird(flusher.TinybirdOptions{BaseURL: fb.URL(), Token: "upstream", Wait: true, Timeout: 5 * time.Second})
+	up, err := tinybird.New(tinybird.Options{BaseURL: fb.URL(), Token: "upstream", Wait: true, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

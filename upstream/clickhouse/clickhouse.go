@@ -1,4 +1,8 @@
-package flusher
+// Package clickhouse is the upstream for a ClickHouse server: each batch
+// is one INSERT … FORMAT JSONEachRow over the server's HTTP interface, and
+// the server's exception codes are read into the upstream package's
+// results and errors (see errors.go).
+package clickhouse
 
 import (
 	"context"
@@ -20,12 +24,13 @@ import (
 	"time"
 
 	"github.com/tbproxy/tbproxy/internal/endpoint"
+	"github.com/tbproxy/tbproxy/upstream"
 	"github.com/valyala/fasthttp"
 )
 
-// ClickHouseOptions configure a ClickHouse upstream, reached over the
-// server's HTTP interface (https://clickhouse.com/docs/en/interfaces/http).
-type ClickHouseOptions struct {
+// Options configure a ClickHouse upstream, reached over the server's HTTP
+// interface (https://clickhouse.com/docs/en/interfaces/http).
+type Options struct {
 	// Addr is the host:port of the HTTP interface, e.g. 127.0.0.1:8123.
 	Addr string
 	// TLS selects https (clickhouses://).
@@ -51,32 +56,32 @@ type ClickHouseOptions struct {
 	Log *slog.Logger
 }
 
-// ClickHouse inserts each batch into the table named after its datasource
+// Client inserts each batch into the table named after its datasource
 // with one INSERT … FORMAT JSONEachRow over HTTP, the batch's NDJSON sent
 // byte-identical in a gzip body. It is safe for concurrent use. Create one
-// with NewClickHouse.
+// with New.
 //
 // The server's features are detected on the first send (and again after it
 // refuses a setting, e.g. after a downgrade): insert_deduplication_token
 // (ClickHouse 22.2+), date_time_input_format and input_format_parallel_parsing
 // are sent only where system.settings lists them, so 18.16 works as well as
 // current releases.
-type ClickHouse struct {
-	opts   ClickHouseOptions
+type Client struct {
+	opts   Options
 	client *fasthttp.Client
 	base   endpoint.Endpoint // scheme://addr, no credentials: safe for errors and logs
 	auth   string            // the Authorization header's value
-	gz     gzipPool
+	gz     upstream.GzipPool
 
-	mu   sync.Mutex  // protects feat; held while detecting, so one detection runs at a time
-	feat *chFeatures // nil until detected
-	sawS atomic.Bool // a response carried X-ClickHouse-Summary
-	warn atomic.Bool // the "cannot count skipped rows" warning was logged
-	lost sync.Map    // token → struct{}: batches an earlier attempt may have written
+	mu   sync.Mutex      // protects feat; held while detecting, so one detection runs at a time
+	feat *serverFeatures // nil until detected
+	sawS atomic.Bool     // a response carried X-ClickHouse-Summary
+	warn atomic.Bool     // the "cannot count skipped rows" warning was logged
+	lost sync.Map        // token → struct{}: batches an earlier attempt may have written
 }
 
-// chFeatures is what the server supports, from system.settings.
-type chFeatures struct {
+// serverFeatures is what the server supports, from system.settings.
+type serverFeatures struct {
 	version         string
 	dedupToken      bool // insert_deduplication_token
 	bestEffort      bool // date_time_input_format
@@ -88,8 +93,8 @@ type chFeatures struct {
 // setting raised so the insert stays one block: all or nothing.
 const defaultMaxInsertBlockSize = 1 << 20
 
-// NewClickHouse returns an upstream for the server at opts.Addr.
-func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
+// New returns an upstream for the server at opts.Addr.
+func New(opts Options) (*Client, error) {
 	if opts.Addr == "" || opts.Database == "" {
 		return nil, errors.New("clickhouse upstream: address and database are required")
 	}
@@ -116,7 +121,7 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse upstream: address: %w", err)
 	}
-	return &ClickHouse{
+	return &Client{
 		opts: opts,
 		base: base,
 		client: &fasthttp.Client{
@@ -135,17 +140,18 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 }
 
 // Send inserts b into <database>.<datasource> and interprets the answer:
-// nil once ClickHouse has written the rows, a *RetryableError for outages,
-// timeouts, memory limits and too many parts, a *StatusError for a missing
-// table or database, refused credentials and rows it cannot parse.
-func (c *ClickHouse) Send(ctx context.Context, b *Batch) (Result, error) {
+// nil once ClickHouse has written the rows, a *upstream.RetryableError for
+// outages, timeouts, memory limits and too many parts, a
+// *upstream.StatusError for a missing table or database, refused
+// credentials and rows it cannot parse.
+func (c *Client) Send(ctx context.Context, b *upstream.Batch) (upstream.Result, error) {
 	deadline := time.Now().Add(c.opts.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	feat, err := c.features(deadline)
 	if err != nil {
-		return Result{}, err
+		return upstream.Result{}, err
 	}
 	table := quoteIdent(c.opts.Database) + "." + quoteIdent(b.Key.Datasource)
 
@@ -155,7 +161,7 @@ func (c *ClickHouse) Send(ctx context.Context, b *Batch) (Result, error) {
 	defer fasthttp.ReleaseResponse(resp)
 	token, err := c.compress(req.BodyWriter(), b)
 	if err != nil {
-		return Result{}, fmt.Errorf("compress %d events: %w", b.Rows, err)
+		return upstream.Result{}, fmt.Errorf("compress %d events: %w", b.Rows, err)
 	}
 	queryID := c.queryID(token)
 	c.base.Point(req, []byte("/"), []byte(c.insertParams(table, b.Rows, token, queryID, feat).Encode()))
@@ -165,26 +171,26 @@ func (c *ClickHouse) Send(ctx context.Context, b *Batch) (Result, error) {
 
 	if err := c.client.DoDeadline(req, resp, deadline); err != nil {
 		c.lost.Store(token, struct{}{})
-		return Result{}, &RetryableError{Err: fmt.Errorf("insert %d rows into %s at %s: %w", b.Rows, table, c.base, err)}
+		return upstream.Result{}, &upstream.RetryableError{Err: fmt.Errorf("insert %d rows into %s at %s: %w", b.Rows, table, c.base, err)}
 	}
 	status := resp.StatusCode()
 	if status != fasthttp.StatusOK {
-		e := parseCHError(status, func(k string) string { return string(resp.Header.Peek(k)) }, resp.Body())
+		e := parseException(status, func(k string) string { return string(resp.Header.Peek(k)) }, resp.Body())
 		err := c.refusal(e, table, b.Rows)
-		if e.class() == chRedetect {
+		if e.class() == classRedetect {
 			// Not in refusal: features() holds c.mu while its own query
 			// runs, and a refusal there must not take it again.
 			c.forgetFeatures()
 		}
-		if _, retry := isRetryable(err); !retry {
+		if _, retry := upstream.Retryable(err); !retry {
 			c.lost.Delete(token)
 		} else if e.mayHaveWritten() {
 			c.lost.Store(token, struct{}{})
 		}
-		return Result{}, err
+		return upstream.Result{}, err
 	}
 	_, maybeWritten := c.lost.LoadAndDelete(token)
-	res := Result{Status: status, SuccessfulRows: b.Rows}
+	res := upstream.Result{Status: status, SuccessfulRows: b.Rows}
 	summary := resp.Header.Peek("X-ClickHouse-Summary")
 	if len(summary) > 0 {
 		c.sawS.Store(true)
@@ -216,7 +222,7 @@ func (c *ClickHouse) Send(ctx context.Context, b *Batch) (Result, error) {
 // number of errors is the ratio applied to the whole batch: ClickHouse
 // checks the ratio against the rows read so far, so without a count a bad
 // first row would fail any batch.
-func (c *ClickHouse) insertParams(table string, rows int, token, queryID string, feat *chFeatures) url.Values {
+func (c *Client) insertParams(table string, rows int, token, queryID string, feat *serverFeatures) url.Values {
 	q := url.Values{}
 	q.Set("query", "INSERT INTO "+table+" FORMAT JSONEachRow")
 	q.Set("query_id", queryID)
@@ -250,12 +256,12 @@ func (c *ClickHouse) insertParams(table string, rows int, token, queryID string,
 // its first event's acceptance time and its bytes, the same for every retry
 // of the batch and different for a later batch that happens to hold the
 // same rows. BestSpeed, as for Tinybird.
-func (c *ClickHouse) compress(w io.Writer, b *Batch) (string, error) {
+func (c *Client) compress(w io.Writer, b *upstream.Batch) (string, error) {
 	h := sha256.New()
 	var first [8]byte
-	binary.BigEndian.PutUint64(first[:], uint64(b.first))
+	binary.BigEndian.PutUint64(first[:], uint64(b.First))
 	h.Write(first[:])
-	if err := c.gz.compress(w, b, h); err != nil {
+	if err := c.gz.Compress(w, b, h); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16]), nil
@@ -264,14 +270,14 @@ func (c *ClickHouse) compress(w io.Writer, b *Batch) (string, error) {
 // queryID names one attempt in ClickHouse's logs: the batch token and a
 // random suffix, since a retry must not collide with an attempt the server
 // may still be running.
-func (c *ClickHouse) queryID(token string) string {
+func (c *Client) queryID(token string) string {
 	var r [4]byte
 	_, _ = rand.Read(r[:])
 	return "tbproxy-" + token[:16] + "-" + hex.EncodeToString(r[:])
 }
 
 // features returns what the server supports, asking it once.
-func (c *ClickHouse) features(deadline time.Time) (*chFeatures, error) {
+func (c *Client) features(deadline time.Time) (*serverFeatures, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.feat != nil {
@@ -292,15 +298,15 @@ func (c *ClickHouse) features(deadline time.Time) (*chFeatures, error) {
 }
 
 // forgetFeatures makes the next send detect the server's features again.
-func (c *ClickHouse) forgetFeatures() {
+func (c *Client) forgetFeatures() {
 	c.mu.Lock()
 	c.feat = nil
 	c.mu.Unlock()
 }
 
 // parseFeatures reads the detection query's TabSeparated answer.
-func parseFeatures(body []byte) *chFeatures {
-	f := &chFeatures{}
+func parseFeatures(body []byte) *serverFeatures {
+	f := &serverFeatures{}
 	for _, line := range strings.Split(string(body), "\n") {
 		switch line = strings.TrimSpace(line); {
 		case strings.HasPrefix(line, "version "):
@@ -318,7 +324,7 @@ func parseFeatures(body []byte) *chFeatures {
 
 // query runs one statement (in the body, as clickhouse-client does over
 // HTTP) and returns the answer, or the classified error.
-func (c *ClickHouse) query(sql string, params url.Values, deadline time.Time) ([]byte, error) {
+func (c *Client) query(sql string, params url.Values, deadline time.Time) ([]byte, error) {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -328,10 +334,10 @@ func (c *ClickHouse) query(sql string, params url.Values, deadline time.Time) ([
 	req.Header.Set(fasthttp.HeaderAuthorization, c.auth)
 	req.SetBodyString(sql)
 	if err := c.client.DoDeadline(req, resp, deadline); err != nil {
-		return nil, &RetryableError{Err: fmt.Errorf("query %s: %w", c.base, err)}
+		return nil, &upstream.RetryableError{Err: fmt.Errorf("query %s: %w", c.base, err)}
 	}
 	if status := resp.StatusCode(); status != fasthttp.StatusOK {
-		return nil, c.refusal(parseCHError(status, func(k string) string { return string(resp.Header.Peek(k)) }, resp.Body()), "", 0)
+		return nil, c.refusal(parseException(status, func(k string) string { return string(resp.Header.Peek(k)) }, resp.Body()), "", 0)
 	}
 	return append([]byte(nil), resp.Body()...), nil
 }
@@ -364,7 +370,7 @@ func summaryWritten(h []byte) (int, bool) {
 // queryID wrote, for servers that send no X-ClickHouse-Summary (18.x). The
 // server logs a query's end just after it answers, so the log is flushed and
 // read up to six times, 10ms apart and doubling.
-func (c *ClickHouse) writtenFromQueryLog(ctx context.Context, queryID string, deadline time.Time) (int, error) {
+func (c *Client) writtenFromQueryLog(ctx context.Context, queryID string, deadline time.Time) (int, error) {
 	sel := "SELECT written_rows FROM system.query_log WHERE event_date >= yesterday() AND query_id = " +
 		quoteString(queryID) + " AND toUInt8(type) = 2 LIMIT 1"
 	wait := 10 * time.Millisecond

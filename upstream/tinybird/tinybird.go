@@ -1,20 +1,24 @@
-package flusher
+// Package tinybird is the upstream for Tinybird's Events API
+// (POST /v0/events): batches go as gzip'd NDJSON, and Tinybird's answers
+// (its {"error": …} bodies, rate-limit headers and row counts) are read
+// into the upstream package's results and errors.
+package tinybird
 
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/url"
 	"strings"
 	"time"
 
 	json "github.com/goccy/go-json"
 	"github.com/tbproxy/tbproxy/internal/endpoint"
+	"github.com/tbproxy/tbproxy/upstream"
 	"github.com/valyala/fasthttp"
 )
 
-// TinybirdOptions configure a Tinybird Events API upstream.
-type TinybirdOptions struct {
+// Options configure a Tinybird Events API upstream.
+type Options struct {
 	// BaseURL is the API host, e.g. https://api.tinybird.co, with no trailing slash.
 	BaseURL string
 	// Token is sent for batches whose key carries no token (proxy-token
@@ -31,17 +35,17 @@ type TinybirdOptions struct {
 	UserAgent string
 }
 
-// Tinybird sends batches to Tinybird's Events API as gzip'd NDJSON. It is
-// safe for concurrent use. Create one with NewTinybird.
-type Tinybird struct {
-	opts   TinybirdOptions
+// Client sends batches to Tinybird's Events API as gzip'd NDJSON. It is
+// safe for concurrent use. Create one with New.
+type Client struct {
+	opts   Options
 	base   endpoint.Endpoint
 	client *fasthttp.Client
-	gz     gzipPool
+	gz     upstream.GzipPool
 }
 
-// NewTinybird returns an upstream for the Events API at opts.BaseURL.
-func NewTinybird(opts TinybirdOptions) (*Tinybird, error) {
+// New returns an upstream for the Events API at opts.BaseURL.
+func New(opts Options) (*Client, error) {
 	base, err := endpoint.Parse(opts.BaseURL, "http", "https")
 	if err != nil {
 		return nil, fmt.Errorf("tinybird upstream: base URL: %w", err)
@@ -52,7 +56,7 @@ func NewTinybird(opts TinybirdOptions) (*Tinybird, error) {
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = 16
 	}
-	return &Tinybird{
+	return &Client{
 		opts: opts,
 		base: base,
 		client: &fasthttp.Client{
@@ -66,8 +70,10 @@ func NewTinybird(opts TinybirdOptions) (*Tinybird, error) {
 	}, nil
 }
 
-// Send posts b to /v0/events and interprets Tinybird's answer.
-func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
+// Send posts b to /v0/events and interprets Tinybird's answer: nil once
+// Tinybird acknowledged the rows, a *upstream.RetryableError for network
+// errors, 429 and 5xx, a *upstream.StatusError for any other 4xx.
+func (t *Client) Send(ctx context.Context, b *upstream.Batch) (upstream.Result, error) {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -86,8 +92,8 @@ func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
 		token = t.opts.Token
 	}
 	req.Header.Set(fasthttp.HeaderAuthorization, "Bearer "+token)
-	if err := t.compress(req.BodyWriter(), b); err != nil {
-		return Result{}, fmt.Errorf("compress %d events: %w", b.Rows, err)
+	if err := t.gz.Compress(req.BodyWriter(), b, nil); err != nil {
+		return upstream.Result{}, fmt.Errorf("compress %d events: %w", b.Rows, err)
 	}
 
 	deadline := time.Now().Add(t.opts.Timeout)
@@ -95,17 +101,17 @@ func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
 		deadline = d
 	}
 	if err := t.client.DoDeadline(req, resp, deadline); err != nil {
-		return Result{}, &RetryableError{Err: fmt.Errorf("post to %s: %w", t.base, err)}
+		return upstream.Result{}, &upstream.RetryableError{Err: fmt.Errorf("post to %s: %w", t.base, err)}
 	}
 	status := resp.StatusCode()
-	if err := classify(status, resp.Body(), func(k string) string { return string(resp.Header.Peek(k)) }, time.Now()); err != nil {
-		return Result{}, err
+	if status < 200 || status >= 300 { // a 2xx body holds counts, not an error to extract
+		return upstream.Result{}, upstream.Classify(status, errorText(resp.Body()), func(k string) string { return string(resp.Header.Peek(k)) }, time.Now())
 	}
 	res := parseResult(resp.Body(), b.Rows)
 	res.Status = status
 	if remaining := strings.TrimSpace(string(resp.Header.Peek("X-RateLimit-Remaining"))); remaining == "0" {
 		// The window is spent: wait for its reset rather than earn a 429.
-		res.HoldFor = retryAfter(func(k string) string {
+		res.HoldFor = upstream.RetryAfter(func(k string) string {
 			if k == "Retry-After" {
 				return ""
 			}
@@ -115,23 +121,34 @@ func (t *Tinybird) Send(ctx context.Context, b *Batch) (Result, error) {
 	return res, nil
 }
 
-// compress writes b into w as gzip.
-func (t *Tinybird) compress(w io.Writer, b *Batch) error { return t.gz.compress(w, b, nil) }
-
 // parseResult reads {"successful_rows":N,"quarantined_rows":M}. A 2xx whose
 // body lacks the counts is taken as every row written: the status is the
 // acknowledgement, the body only adds detail.
-func parseResult(body []byte, rows int) Result {
+func parseResult(body []byte, rows int) upstream.Result {
 	var r struct {
 		Successful  *int `json:"successful_rows"`
 		Quarantined *int `json:"quarantined_rows"`
 	}
 	if err := json.Unmarshal(body, &r); err != nil || r.Successful == nil {
-		return Result{SuccessfulRows: rows}
+		return upstream.Result{SuccessfulRows: rows}
 	}
-	res := Result{SuccessfulRows: *r.Successful}
+	res := upstream.Result{SuccessfulRows: *r.Successful}
 	if r.Quarantined != nil {
 		res.QuarantinedRows = *r.Quarantined
 	}
 	return res
+}
+
+// errorText extracts a readable message from a Tinybird error body: its
+// "error" field ({"error":"…"}), else the body itself, capped (see
+// upstream.ErrorText).
+func errorText(body []byte) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	s := string(body[:min(len(body), 4*upstream.MaxErrorText)])
+	if err := json.Unmarshal(body, &e); err == nil && e.Error != "" {
+		s = e.Error
+	}
+	return upstream.ErrorText(s)
 }

@@ -1,4 +1,4 @@
-package flusher
+package upstream
 
 import (
 	"bufio"
@@ -8,10 +8,10 @@ import (
 	"github.com/klauspost/compress/gzip"
 )
 
-// gzipPool compresses batches with gzip at BestSpeed: batches are large and
+// GzipPool compresses batches with gzip at BestSpeed: batches are large and
 // the proxy's CPU is better spent accepting events; JSON still shrinks
-// ~5-10x. Its zero value is ready to use.
-type gzipPool struct{ p sync.Pool }
+// ~5-10x. Its zero value is ready to use; it is safe for concurrent use.
+type GzipPool struct{ p sync.Pool }
 
 type gzipper struct {
 	zw *gzip.Writer
@@ -23,9 +23,9 @@ type gzipper struct {
 	bw *bufio.Writer
 }
 
-// compress writes b to dst as one gzip member. tee, if not nil, sees the
+// Compress writes b to dst as one gzip member. tee, if not nil, sees the
 // uncompressed bytes as well.
-func (g *gzipPool) compress(dst io.Writer, b *Batch, tee io.Writer) error {
+func (g *GzipPool) Compress(dst io.Writer, b *Batch, tee io.Writer) error {
 	c, _ := g.p.Get().(*gzipper)
 	if c == nil {
 		zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed) // a valid level: no error
@@ -38,12 +38,12 @@ func (g *gzipPool) compress(dst io.Writer, b *Batch, tee io.Writer) error {
 		w = io.MultiWriter(c.zw, tee)
 	}
 	c.bw.Reset(w)
-	for _, p := range b.parts {
+	for _, p := range b.Parts {
 		var err error
-		if len(p.data) < 4<<10 {
-			_, err = c.bw.Write(p.data)
+		if len(p) < 4<<10 {
+			_, err = c.bw.Write(p)
 		} else if err = c.bw.Flush(); err == nil { // large enough: no copy
-			_, err = w.Write(p.data)
+			_, err = w.Write(p)
 		}
 		if err != nil {
 			return err

@@ -1,26 +1,20 @@
-package flusher
+// Package upstream is the seam between the flusher and the places batches
+// go: what an upstream is given (Batch), what it answers (Result, or a
+// *RetryableError or *StatusError), the HTTP rules Tinybird's Events API and
+// any HTTP proxy share (Classify, RetryAfter), and the pooled gzip writer
+// the HTTP upstreams compress with. The upstreams themselves are its
+// subpackages: tinybird, clickhouse and filesink.
+package upstream
 
 import (
 	"cmp"
-	"context"
 	"errors"
 	"fmt"
-	json "github.com/goccy/go-json"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 )
-
-// Upstream delivers batches somewhere: Tinybird's Events API ([Tinybird]),
-// a ClickHouse server ([ClickHouse]), or a local directory ([FileSink]). Send returns nil only when the upstream acknowledged the batch.
-// A failure worth retrying is reported as an error wrapping a
-// *RetryableError; any other error means retrying cannot help and the batch
-// is dropped. Send must honour ctx's deadline and must not keep b after it
-// returns. Implementations are safe for concurrent use.
-type Upstream interface {
-	Send(ctx context.Context, b *Batch) (Result, error)
-}
 
 // Result is what an upstream said about an acknowledged batch.
 type Result struct {
@@ -69,22 +63,34 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("upstream answered %d: %s", e.Status, cmp.Or(e.Detail, e.Message))
 }
 
-// classify turns an HTTP status and body into nil, a *RetryableError or a
-// *StatusError. Per Tinybird's Events API reference, 429 and 5xx are retried
-// and every other 4xx is final; 422 means a partial write, so it is never
-// retried (a retry would duplicate rows).
-func classify(status int, body []byte, header func(string) string, now time.Time) error {
+// Retryable reports whether err is worth another attempt, and how long the
+// upstream asked us to wait first: true when err wraps a *RetryableError.
+func Retryable(err error) (time.Duration, bool) {
+	var re *RetryableError
+	if errors.As(err, &re) {
+		return re.RetryAfter, true
+	}
+	return 0, false
+}
+
+// Classify turns an HTTP status into nil, a *RetryableError or a
+// *StatusError; text is the upstream's error message, already extracted
+// from the body (see ErrorText). Per Tinybird's Events API reference, 429
+// and 5xx are retried and every other 4xx is final; 422 means a partial
+// write, so it is never retried (a retry would duplicate rows). header reads
+// the answer's headers, for Retry-After.
+func Classify(status int, text string, header func(string) string, now time.Time) error {
 	switch {
 	case status >= 200 && status < 300:
 		return nil
 	case status == http.StatusTooManyRequests || status >= 500:
 		return &RetryableError{
-			Err:        fmt.Errorf("upstream answered %d: %s", status, errorText(body)),
+			Err:        fmt.Errorf("upstream answered %d: %s", status, text),
 			Status:     status,
-			RetryAfter: retryAfter(header, now, status == http.StatusTooManyRequests),
+			RetryAfter: RetryAfter(header, now, status == http.StatusTooManyRequests),
 		}
 	default:
-		return &StatusError{Status: status, Message: errorText(body)}
+		return &StatusError{Status: status, Message: text}
 	}
 }
 
@@ -92,12 +98,12 @@ func classify(status int, body []byte, header func(string) string, now time.Time
 // header cannot park a batch for a day.
 const maxRetryAfter = 5 * time.Minute
 
-// retryAfter reads Retry-After (seconds or an HTTP date) and, when
+// RetryAfter reads Retry-After (seconds or an HTTP date) and, when
 // rateLimited, falls back to X-RateLimit-Reset (seconds), as Tinybird's docs
 // describe both. Tinybird sends the rate-limit headers with every answer, so
 // the reset only means "wait" for a 429 (or a spent window), not for a 500.
-// It returns 0 when nothing usable applies.
-func retryAfter(header func(string) string, now time.Time, rateLimited bool) time.Duration {
+// It returns 0 when nothing usable applies, and never more than 5 minutes.
+func RetryAfter(header func(string) string, now time.Time, rateLimited bool) time.Duration {
 	var d time.Duration
 	if v := strings.TrimSpace(header("Retry-After")); v != "" {
 		if secs, err := strconv.Atoi(v); err == nil {
@@ -116,36 +122,21 @@ func retryAfter(header func(string) string, now time.Time, rateLimited bool) tim
 	return min(max(d, 0), maxRetryAfter)
 }
 
-// maxErrorText caps how much of an upstream's error body reaches logs and
-// metrics-adjacent text.
-const maxErrorText = 512
+// MaxErrorText caps how much of an upstream's error body reaches logs,
+// dead letters and clients. Upstreams read at most 4*MaxErrorText bytes of
+// a body to find the message in it.
+const MaxErrorText = 512
 
-// errorText extracts a readable message from an upstream error body: the
-// "error" field of a Tinybird JSON error, else the body itself, capped.
-func errorText(body []byte) string {
-	var e struct {
-		Error string `json:"error"`
-	}
-	s := string(body[:min(len(body), 4*maxErrorText)])
-	if err := json.Unmarshal(body, &e); err == nil && e.Error != "" {
-		s = e.Error
-	}
+// ErrorText makes an extracted error message fit to pass on: trimmed, cut
+// after MaxErrorText bytes (marked with "…"), and "(empty body)" when
+// nothing is left.
+func ErrorText(s string) string {
 	s = strings.TrimSpace(s)
-	if len(s) > maxErrorText {
-		s = s[:maxErrorText] + "…"
+	if len(s) > MaxErrorText {
+		s = s[:MaxErrorText] + "…"
 	}
 	if s == "" {
 		s = "(empty body)"
 	}
 	return s
-}
-
-// isRetryable reports whether err is worth another attempt, and how long the
-// upstream asked us to wait first.
-func isRetryable(err error) (time.Duration, bool) {
-	var re *RetryableError
-	if errors.As(err, &re) {
-		return re.RetryAfter, true
-	}
-	return 0, false
 }

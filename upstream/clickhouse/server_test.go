@@ -1,4 +1,4 @@
-package flusher
+package clickhouse
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tbproxy/tbproxy/internal/chtest"
+	"github.com/tbproxy/tbproxy/upstream"
 )
 
 // TestClickHouseServer runs the upstream against a real ClickHouse (the
@@ -19,9 +20,9 @@ func TestClickHouseServer(t *testing.T) {
 	srv := chtest.Start(t)
 	srv.MustQuery(t, "CREATE DATABASE analytics")
 	srv.MustQuery(t, "CREATE TABLE analytics.events (id UInt64, big Int64, s String, ts DateTime) ENGINE = MergeTree() ORDER BY id")
-	newCH := func(t *testing.T, user, password, db string, ratio float64) *ClickHouse {
+	newCH := func(t *testing.T, user, password, db string, ratio float64) *Client {
 		t.Helper()
-		c, err := NewClickHouse(ClickHouseOptions{Addr: srv.Addr(), User: user, Password: password, Database: db,
+		c, err := New(Options{Addr: srv.Addr(), User: user, Password: password, Database: db,
 			AllowErrorsRatio: ratio, Timeout: 10 * time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -57,9 +58,9 @@ func TestClickHouseServer(t *testing.T) {
 	t.Run("a bad row fails the batch without a ratio", func(t *testing.T) {
 		before := count(t)
 		_, err := strict.Send(ctx, chBatch("events", 2, `{"id":10}`, `{"id":"not a number"}`, `{"id":11}`))
-		var se *StatusError
+		var se *upstream.StatusError
 		if !errors.As(err, &se) || se.Status != 400 || !strings.Contains(se.Message, "cannot parse") {
-			t.Fatalf("got %v; want a 400 StatusError saying ClickHouse cannot parse the rows", err)
+			t.Fatalf("got %v; want a 400 upstream.StatusError saying ClickHouse cannot parse the rows", err)
 		}
 		if after := count(t); after != before {
 			t.Errorf("count: got %d after a refused batch; want %d (nothing written)", after, before)
@@ -79,33 +80,33 @@ func TestClickHouseServer(t *testing.T) {
 			t.Errorf("count: got %d; want %d", after, before+3)
 		}
 		_, err = lenient.Send(ctx, chBatch("events", 4, `{"id":"bad"}`, `{"id":"worse"}`, `{"id":30}`))
-		var se *StatusError
+		var se *upstream.StatusError
 		if !errors.As(err, &se) || se.Status != 400 {
-			t.Errorf("2 bad rows of 3 with ratio 0.5: got %v; want a 400 StatusError", err)
+			t.Errorf("2 bad rows of 3 with ratio 0.5: got %v; want a 400 upstream.StatusError", err)
 		}
 	})
 
 	t.Run("missing table", func(t *testing.T) {
 		_, err := strict.Send(ctx, chBatch("nope", 5, `{"id":1}`))
-		var se *StatusError
+		var se *upstream.StatusError
 		if !errors.As(err, &se) || se.Status != 404 || !strings.Contains(se.Message, "table `analytics`.`nope` does not exist") {
-			t.Errorf("got %v; want a 404 StatusError naming the table", err)
+			t.Errorf("got %v; want a 404 upstream.StatusError naming the table", err)
 		}
 	})
 
 	t.Run("missing database", func(t *testing.T) {
 		_, err := newCH(t, chtest.User, chtest.Password, "nodb", 0).Send(ctx, chBatch("events", 6, `{"id":1}`))
-		var se *StatusError
+		var se *upstream.StatusError
 		if !errors.As(err, &se) || se.Status != 404 || !strings.Contains(se.Message, "database `nodb` does not exist") {
-			t.Errorf("got %v; want a 404 StatusError naming the database", err)
+			t.Errorf("got %v; want a 404 upstream.StatusError naming the database", err)
 		}
 	})
 
 	t.Run("wrong password", func(t *testing.T) {
 		_, err := newCH(t, chtest.User, "wrong-pass-123", "analytics", 0).Send(ctx, chBatch("events", 7, `{"id":1}`))
-		var se *StatusError
+		var se *upstream.StatusError
 		if !errors.As(err, &se) || se.Status != 403 || strings.Contains(se.Message, "wrong-pass-123") {
-			t.Errorf("got %v; want a 403 StatusError without the password", err)
+			t.Errorf("got %v; want a 403 upstream.StatusError without the password", err)
 		}
 	})
 
@@ -114,9 +115,9 @@ func TestClickHouseServer(t *testing.T) {
 		srv.MustQuery(t, "CREATE TABLE analytics.ratio (r UInt64) ENGINE = MergeTree() ORDER BY r")
 		srv.MustQuery(t, "CREATE MATERIALIZED VIEW analytics.ratio_mv TO analytics.ratio AS SELECT intDiv(id, d) AS r FROM analytics.base")
 		_, err := strict.Send(ctx, chBatch("base", 20, `{"id":1,"d":0}`))
-		var se *StatusError
+		var se *upstream.StatusError
 		if !errors.As(err, &se) || se.Status != 422 || !strings.Contains(se.Message, "materialized view failed") {
-			t.Fatalf("got %v; want a 422 StatusError (partial write)", err)
+			t.Fatalf("got %v; want a 422 upstream.StatusError (partial write)", err)
 		}
 		if n := strings.TrimSpace(srv.MustQuery(t, "SELECT count() FROM analytics.base")); n != "1" {
 			t.Errorf("base table holds %s rows; the test expects ClickHouse to have written it before the view failed", n)
@@ -132,9 +133,9 @@ func TestClickHouseServer(t *testing.T) {
 			`{"id":"secret@example.com"}`,
 		} {
 			_, err := strict.Send(ctx, chBatch("typed", 21, row))
-			var se *StatusError
+			var se *upstream.StatusError
 			if !errors.As(err, &se) || se.Status != 400 {
-				t.Errorf("%s: got %v; want a 400 StatusError", row, err)
+				t.Errorf("%s: got %v; want a 400 upstream.StatusError", row, err)
 				continue
 			}
 			if strings.Contains(se.Message, "secret@example.com") {
@@ -146,7 +147,7 @@ func TestClickHouseServer(t *testing.T) {
 	t.Run("server down then back", func(t *testing.T) {
 		srv.Kill()
 		_, err := strict.Send(ctx, chBatch("events", 8, `{"id":40}`))
-		if _, retry := isRetryable(err); !retry {
+		if _, retry := upstream.Retryable(err); !retry {
 			t.Errorf("server down: got %v; want a retryable error", err)
 		}
 		srv.Restart(t)

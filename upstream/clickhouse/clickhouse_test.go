@@ -1,4 +1,4 @@
-package flusher
+package clickhouse
 
 import (
 	"compress/gzip"
@@ -16,28 +16,27 @@ import (
 	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/upstream"
 )
 
 // chBatch returns a batch of lines for ds, first accepted at accepted.
-func chBatch(ds string, accepted int64, lines ...string) *Batch {
-	b := &Batch{Key: buffer.Key{Datasource: ds}}
+func chBatch(ds string, accepted int64, lines ...string) *upstream.Batch {
 	data := strings.Join(lines, "\n") + "\n"
-	b.add([]byte(data), len(lines), accepted, nil)
-	return b
+	return &upstream.Batch{Key: buffer.Key{Datasource: ds}, Rows: len(lines), Bytes: len(data), First: accepted, Parts: [][]byte{[]byte(data)}}
 }
 
-func TestParseCHError(t *testing.T) {
+func TestParseException(t *testing.T) {
 	t.Parallel()
 	f := func(status int, code, body string, wantCode int, wantName, wantText string) {
 		t.Helper()
-		e := parseCHError(status, func(k string) string {
+		e := parseException(status, func(k string) string {
 			if k == "X-ClickHouse-Exception-Code" {
 				return code
 			}
 			return ""
 		}, []byte(body))
 		if e.code != wantCode || e.name != wantName || e.text != wantText {
-			t.Errorf("parseCHError(%d, %q): got code %d name %q text %q; want %d %q %q",
+			t.Errorf("parseException(%d, %q): got code %d name %q text %q; want %d %q %q",
 				status, body, e.code, e.name, e.text, wantCode, wantName, wantText)
 		}
 	}
@@ -66,10 +65,10 @@ func TestParseCHError(t *testing.T) {
 	// A header code wins; a zero or junk one does not.
 	f(500, "241", "Code: 1. DB::Exception: x (version 24.1.1.1)", 241, "MEMORY_LIMIT_EXCEEDED", "x")
 	f(500, "0", "Code: 60. DB::Exception: x (version 24.1.1.1)", 60, "UNKNOWN_TABLE", "x")
-	// A long message is cut at maxErrorText; one of exactly that length is not.
-	long := strings.Repeat("y", maxErrorText+10)
-	f(500, "", "Code: 1. DB::Exception: "+long+" (version 24.1.1.1)", 1, "", long[:maxErrorText]+"…")
-	f(500, "", "Code: 1. DB::Exception: "+long[:maxErrorText]+" (version 24.1.1.1)", 1, "", long[:maxErrorText])
+	// A long message is cut at upstream.MaxErrorText; one of exactly that length is not.
+	long := strings.Repeat("y", upstream.MaxErrorText+10)
+	f(500, "", "Code: 1. DB::Exception: "+long+" (version 24.1.1.1)", 1, "", long[:upstream.MaxErrorText]+"…")
+	f(500, "", "Code: 1. DB::Exception: "+long[:upstream.MaxErrorText]+" (version 24.1.1.1)", 1, "", long[:upstream.MaxErrorText])
 	// Cut short: a code and nothing after it, or nothing before the version.
 	f(500, "", "Code: 60", 60, "UNKNOWN_TABLE", "Code: 60")
 	f(500, "", "Code: 1. DB::Exception:  (version 24.1.1.1)", 1, "", "(empty body)")
@@ -81,7 +80,7 @@ func TestParseCHError(t *testing.T) {
 
 func TestClickHouseRefusal(t *testing.T) {
 	t.Parallel()
-	c, err := NewClickHouse(ClickHouseOptions{Addr: "127.0.0.1:1", User: "writer", Password: "pw-SECRET", Database: "analytics"})
+	c, err := New(Options{Addr: "127.0.0.1:1", User: "writer", Password: "pw-SECRET", Database: "analytics"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +90,7 @@ func TestClickHouseRefusal(t *testing.T) {
 		status     int
 		body       string
 		wantRetry  bool
-		wantStatus int    // StatusError's, for final refusals
+		wantStatus int    // upstream.StatusError's, for final refusals
 		wantIn     string // in the message
 	}{
 		{"unknown table", 404, "Code: 60, e.displayText() = DB::Exception: Table analytics.page_views doesn't exist., e.what() = DB::Exception", false, 404, "table `analytics`.`page_views` does not exist"},
@@ -119,17 +118,20 @@ func TestClickHouseRefusal(t *testing.T) {
 		{"proxy 502", 502, "bad gateway", true, 0, "bad gateway"},
 		{"proxy 429", 429, "slow down", true, 0, "slow down"},
 		{"proxy 403", 403, "forbidden", false, 403, "forbidden"},
+		// The fallback is HTTP's rule with ClickHouse's reading of the body:
+		// a JSON "error" field means nothing here (as it does to Tinybird).
+		{"proxy 400 with a JSON body", 400, `{"error":"nope"}`, false, 400, `{"error":"nope"}`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := c.refusal(parseCHError(tt.status, func(string) string { return "" }, []byte(tt.body)), table, 10)
-			_, retry := isRetryable(err)
+			err := c.refusal(parseException(tt.status, func(string) string { return "" }, []byte(tt.body)), table, 10)
+			_, retry := upstream.Retryable(err)
 			if retry != tt.wantRetry {
 				t.Errorf("retryable: got %v; want %v (%v)", retry, tt.wantRetry, err)
 			}
-			var se *StatusError
+			var se *upstream.StatusError
 			if !tt.wantRetry {
 				if !errors.As(err, &se) || se.Status != tt.wantStatus {
-					t.Errorf("got %#v; want a *StatusError with status %d", err, tt.wantStatus)
+					t.Errorf("got %#v; want a *upstream.StatusError with status %d", err, tt.wantStatus)
 				} else if tt.body != "forbidden" && strings.Contains(se.Message, "before:") {
 					t.Errorf("client message %q quotes the rows", se.Message)
 				}
@@ -175,21 +177,21 @@ func TestSummaryWritten(t *testing.T) {
 	f(`not json`, 0, false)
 }
 
-func TestNewClickHouseChecks(t *testing.T) {
+func TestNewChecks(t *testing.T) {
 	t.Parallel()
-	for _, o := range []ClickHouseOptions{
+	for _, o := range []Options{
 		{Database: "x"},
 		{Addr: "h:1"},
 		{Addr: "h:1", Database: "x", AllowErrorsRatio: 1.5},
 		{Addr: "h:1", Database: "x", AllowErrorsRatio: -0.1},
 	} {
-		if _, err := NewClickHouse(o); err == nil {
-			t.Errorf("NewClickHouse(%+v): got nil error; want one", o)
+		if _, err := New(o); err == nil {
+			t.Errorf("New(%+v): got nil error; want one", o)
 		}
 	}
 	// The ends of the ratio are valid, and unset limits get their defaults.
 	for _, ratio := range []float64{0, 1} {
-		c, err := NewClickHouse(ClickHouseOptions{Addr: "h:1", Database: "x", AllowErrorsRatio: ratio})
+		c, err := New(Options{Addr: "h:1", Database: "x", AllowErrorsRatio: ratio})
 		if err != nil {
 			t.Fatalf("ratio %g: %v", ratio, err)
 		}
@@ -266,12 +268,12 @@ func (f *fakeCH) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, text)
 }
 
-func newFakeCH(t *testing.T, settings string, answer func(int) (int, map[string]string, string)) (*fakeCH, *ClickHouse) {
+func newFakeCH(t *testing.T, settings string, answer func(int) (int, map[string]string, string)) (*fakeCH, *Client) {
 	t.Helper()
 	f := &fakeCH{t: t, settings: settings, answer: answer}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
-	c, err := NewClickHouse(ClickHouseOptions{Addr: strings.TrimPrefix(srv.URL, "http://"), User: "writer",
+	c, err := New(Options{Addr: strings.TrimPrefix(srv.URL, "http://"), User: "writer",
 		Password: "pw", Database: "analytics", AllowErrorsRatio: 0.5, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +299,20 @@ func TestIsCodeName(t *testing.T) {
 	}
 }
 
+// TestCodeTable: every name in the table reads as a code name, and every
+// code whose insert may have been written is one that is retried: Send
+// asks mayHaveWritten only of failures it will retry.
+func TestCodeTable(t *testing.T) {
+	for n, c := range codes {
+		if c.name != "" && !isCodeName(c.name) {
+			t.Errorf("code %d: name %q", n, c.name)
+		}
+		if c.mayHaveWritten && c.class != classRetry {
+			t.Errorf("code %d %s may have written but is not retried (class %d)", n, c.name, c.class)
+		}
+	}
+}
+
 // TestMayHaveWritten: which failures leave an insert's outcome unknown, so
 // a retry that ClickHouse drops as a duplicate is not taken for skipped
 // rows: a 5xx from whatever answered (a proxy in front of ClickHouse has
@@ -311,7 +327,7 @@ func TestMayHaveWritten(t *testing.T) {
 		{500, 159, true}, {400, 209, true}, {500, 394, true},
 		{500, 60, false}, {400, 27, false},
 	} {
-		if got := (chError{status: tc.status, code: tc.code}).mayHaveWritten(); got != tc.want {
+		if got := (exception{status: tc.status, code: tc.code}).mayHaveWritten(); got != tc.want {
 			t.Errorf("status %d code %d: mayHaveWritten = %v; want %v", tc.status, tc.code, got, tc.want)
 		}
 	}
@@ -322,12 +338,12 @@ func TestMayHaveWritten(t *testing.T) {
 // default block size is inserted as one block, so it is written whole or
 // not at all.
 func TestInsertParams(t *testing.T) {
-	c, err := NewClickHouse(ClickHouseOptions{Addr: "h:1", Database: "x", AllowErrorsRatio: 0.05})
+	c, err := New(Options{Addr: "h:1", Database: "x", AllowErrorsRatio: 0.05})
 	if err != nil {
 		t.Fatal(err)
 	}
 	big := defaultMaxInsertBlockSize + 1
-	q := c.insertParams("`x`.`t`", big, "tok", "qid", &chFeatures{})
+	q := c.insertParams("`x`.`t`", big, "tok", "qid", &serverFeatures{})
 	if got := q.Get("input_format_allow_errors_ratio"); got != "0.05" {
 		t.Errorf("input_format_allow_errors_ratio = %q; want 0.05", got)
 	}
@@ -337,7 +353,7 @@ func TestInsertParams(t *testing.T) {
 	if got := q.Get("max_insert_block_size"); got != strconv.Itoa(big) {
 		t.Errorf("max_insert_block_size = %q; want %d", got, big)
 	}
-	if q := c.insertParams("`x`.`t`", 10, "tok", "qid", &chFeatures{}); q.Has("max_insert_block_size") {
+	if q := c.insertParams("`x`.`t`", 10, "tok", "qid", &serverFeatures{}); q.Has("max_insert_block_size") {
 		t.Errorf("a small batch set max_insert_block_size=%s; want the server's default", q.Get("max_insert_block_size"))
 	}
 }
@@ -349,7 +365,7 @@ func TestClickHouseSendRequest(t *testing.T) {
 	})
 	lines := []string{`{"id":18446744073709551615,"s":"Zürich 東京 \u00e9"}`, `{"b":2,"a":1}`, `{"n":9007199254740993}`}
 	ctx := context.Background()
-	for _, b := range []*Batch{chBatch("page_views", 100, lines...), chBatch("page_views", 100, lines...), chBatch("page_views", 101, lines...)} {
+	for _, b := range []*upstream.Batch{chBatch("page_views", 100, lines...), chBatch("page_views", 100, lines...), chBatch("page_views", 101, lines...)} {
 		res, err := c.Send(ctx, b)
 		if err != nil || res.SuccessfulRows != 3 || res.QuarantinedRows != 0 || res.Status != 200 {
 			t.Fatalf("Send: got %+v, %v; want 3 successful rows", res, err)
@@ -435,7 +451,7 @@ func TestClickHouseQuarantine(t *testing.T) {
 	b := chBatch("t", 2, `{}`, `{}`)
 	if _, err := c.Send(ctx, b); err == nil {
 		t.Fatal("timeout: got nil error; want a retryable one")
-	} else if _, retry := isRetryable(err); !retry {
+	} else if _, retry := upstream.Retryable(err); !retry {
 		t.Fatalf("timeout: got %v; want retryable", err)
 	}
 	res, err = c.Send(ctx, b)
@@ -507,12 +523,12 @@ func TestClickHouseUnreachable(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	c, err := NewClickHouse(ClickHouseOptions{Addr: addr, User: "u", Password: "pw-SECRET", Database: "d", Timeout: 2 * time.Second})
+	c, err := New(Options{Addr: addr, User: "u", Password: "pw-SECRET", Database: "d", Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.Send(context.Background(), chBatch("t", 1, `{}`))
-	if _, retry := isRetryable(err); !retry {
+	if _, retry := upstream.Retryable(err); !retry {
 		t.Fatalf("got %v; want a retryable error", err)
 	}
 	if !strings.Contains(err.Error(), addr) || strings.Contains(err.Error(), "pw-SECRET") {
