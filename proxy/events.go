@@ -20,29 +20,13 @@ const maxPooledLines = 64 << 10
 
 // events handles POST /v0/events?name=<datasource>. The request is accepted
 // whole (202) or refused whole: nothing is stored unless every line is valid
-// and the buffer has room for all of them.
+// and the buffer has room for all of them. It reads as parse (the request
+// line, then the body), store, respond.
 func (s *Server) events(ctx *fasthttp.RequestCtx) {
-	if !ctx.IsPost() {
-		ctx.Response.Header.Set(fasthttp.HeaderAllow, "POST")
-		writeError(ctx, fasthttp.StatusMethodNotAllowed, bodyNotAllowed)
+	key, ok := s.eventsKey(ctx)
+	if !ok {
 		return
 	}
-	args := ctx.QueryArgs()
-	name := args.Peek("name")
-	if len(name) == 0 {
-		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyMissingName, 0)
-		return
-	}
-	if !buffer.ValidDatasource(name) {
-		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyBadName, 0)
-		return
-	}
-	token := requestToken(ctx)
-	if body := s.checkToken(token); body != nil {
-		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, body, 0)
-		return
-	}
-
 	var b body
 	defer s.release(&b) // also on every refusal; a stored request releases earlier
 	if r := s.readBody(ctx, &b); r != nil {
@@ -56,27 +40,93 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	lines := b.lines
-
-	key := buffer.Key{Datasource: s.names.intern(name)}
-	if s.opts.PassThrough {
-		key.Token = string(token)
-	}
-	wait := isTrue(args.Peek("wait"))
+	wait := isTrue(ctx.QueryArgs().Peek("wait"))
 	var w *buffer.Waiter
 	if wait && len(lines) > 0 {
 		w = buffer.NewWaiter()
 	}
-	switch err := s.store.PutWaiting(key, lines, w); {
-	case err == nil:
-	case errors.Is(err, buffer.ErrTooManyDatasources), errors.Is(err, buffer.ErrTooManyTokens):
-		body := bodyTooManyNames
-		if errors.Is(err, buffer.ErrTooManyTokens) {
-			body = bodyTooManyTokens
-		}
-		// They pass as soon as the flusher delivers what is held.
-		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
-		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonTooManyKeys, body, len(lines))
+	if err := s.store.PutWaiting(key, lines, w); err != nil {
+		s.refuseStore(ctx, err, lines)
 		return
+	}
+
+	s.m.accepted.Add(float64(len(lines)))
+	// The buffer copied the lines: give the body's memory back now, not
+	// after a wait=true request has waited up to WAIT_TIMEOUT.
+	s.release(&b)
+	if w != nil {
+		s.await(ctx, w)
+		return
+	}
+	status := fasthttp.StatusAccepted
+	if wait {
+		status = fasthttp.StatusOK // nothing to wait for: an empty body
+	}
+	writeSuccess(ctx, status, len(lines), 0)
+}
+
+// eventsKey checks the method, the datasource name and the token, and
+// returns the key the request's rows are stored under; false means the
+// request was refused.
+func (s *Server) eventsKey(ctx *fasthttp.RequestCtx) (buffer.Key, bool) {
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, "POST")
+		writeError(ctx, fasthttp.StatusMethodNotAllowed, bodyNotAllowed)
+		return buffer.Key{}, false
+	}
+	name := ctx.QueryArgs().Peek("name")
+	if len(name) == 0 {
+		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyMissingName, 0)
+		return buffer.Key{}, false
+	}
+	if !buffer.ValidDatasource(name) {
+		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyBadName, 0)
+		return buffer.Key{}, false
+	}
+	token := requestToken(ctx)
+	if body := s.checkToken(token); body != nil {
+		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, body, 0)
+		return buffer.Key{}, false
+	}
+	key := buffer.Key{Datasource: s.names.intern(name)}
+	if s.opts.PassThrough {
+		key.Token = string(token)
+	}
+	return key, true
+}
+
+// storeRefusals is what a client is told when the store refuses its rows,
+// by the store's error; the first match wins. buffer.ErrFull and
+// buffer.ErrTooLarge are answered by refuseStore itself, after these rows
+// (their Retry-After and body depend on the request); the last row
+// (closed) also answers an error nothing else names.
+var storeRefusals = [...]struct {
+	err        error
+	status     int
+	reason     string
+	body       []byte
+	retryAfter string // "" for none
+}{
+	// They pass as soon as the flusher delivers what is held.
+	{buffer.ErrTooManyDatasources, fasthttp.StatusTooManyRequests, reasonTooManyKeys, bodyTooManyNames, "1"},
+	{buffer.ErrTooManyTokens, fasthttp.StatusTooManyRequests, reasonTooManyKeys, bodyTooManyTokens, "1"},
+	{buffer.ErrDenied, fasthttp.StatusForbidden, reasonUnauthorized, bodyDeniedToken, ""},
+	{buffer.ErrStorage, fasthttp.StatusServiceUnavailable, reasonStorage, bodyStorage, "5"},
+	{buffer.ErrClosed, fasthttp.StatusServiceUnavailable, reasonShuttingDown, bodyShuttingDown, ""},
+}
+
+// refuseStore answers a request whose rows the store refused with err.
+func (s *Server) refuseStore(ctx *fasthttp.RequestCtx, err error, lines [][]byte) {
+	for _, c := range storeRefusals {
+		if errors.Is(err, c.err) { // before ErrFull: too many keys is a full buffer too
+			if c.retryAfter != "" {
+				ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, c.retryAfter)
+			}
+			s.refuse(ctx, c.status, c.reason, c.body, len(lines))
+			return
+		}
+	}
+	switch {
 	case errors.Is(err, buffer.ErrFull):
 		size := len(lines)
 		for _, l := range lines {
@@ -97,31 +147,9 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		}
 		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, body, len(lines))
 		return
-	case errors.Is(err, buffer.ErrDenied):
-		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, bodyDeniedToken, len(lines))
-		return
-	case errors.Is(err, buffer.ErrStorage):
-		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "5")
-		s.refuse(ctx, fasthttp.StatusServiceUnavailable, reasonStorage, bodyStorage, len(lines))
-		return
-	default: // buffer.ErrClosed
-		s.refuse(ctx, fasthttp.StatusServiceUnavailable, reasonShuttingDown, bodyShuttingDown, len(lines))
-		return
 	}
-
-	s.m.accepted.Add(float64(len(lines)))
-	// The buffer copied the lines: give the body's memory back now, not
-	// after a wait=true request has waited up to WAIT_TIMEOUT.
-	s.release(&b)
-	if w != nil {
-		s.await(ctx, w)
-		return
-	}
-	status := fasthttp.StatusAccepted
-	if wait {
-		status = fasthttp.StatusOK // nothing to wait for: an empty body
-	}
-	writeSuccess(ctx, status, len(lines), 0)
+	closed := storeRefusals[len(storeRefusals)-1]
+	s.refuse(ctx, closed.status, closed.reason, closed.body, len(lines))
 }
 
 // await holds a wait=true request until its rows are acknowledged upstream
