@@ -105,8 +105,9 @@ func TestRequestMemoryBudget(t *testing.T) {
 func TestZstdWindowBomb(t *testing.T) {
 	ts := startServer(t, Options{MaxBodyBytes: 64 << 10}, buffer.Options{})
 	// frame encodes plain as a streaming writer does (no content size),
-	// declaring a window of 2^(10+exp) bytes as a hostile client could.
-	frame := func(plain []byte, exp byte) []byte {
+	// declaring a window of 2^(10+exp) bytes plus mantissa eighths of it,
+	// as a hostile client could.
+	frame := func(plain []byte, exp, mantissa byte) []byte {
 		var b bytes.Buffer
 		w, err := zstd.NewWriter(&b, zstd.WithWindowSize(32<<20))
 		if err != nil {
@@ -119,8 +120,8 @@ func TestZstdWindowBomb(t *testing.T) {
 		if err := h.Decode(f); err != nil || h.SingleSegment || h.HasFCS {
 			t.Fatalf("frame header %+v, %v", h, err)
 		}
-		f[5] = exp << 3
-		if err := h.Decode(f); err != nil || h.WindowSize != 1<<(10+uint64(exp)) {
+		f[5] = exp<<3 | mantissa
+		if base := uint64(1) << (10 + exp); h.Decode(f) != nil || h.WindowSize != base+uint64(mantissa)*base/8 {
 			t.Fatalf("forged window: %d, %v", h.WindowSize, err)
 		}
 		return f
@@ -131,9 +132,9 @@ func TestZstdWindowBomb(t *testing.T) {
 		body []byte
 		want int
 	}{
-		{"32 MiB window, small content", frame(small, 15), 202},
-		{"64 MiB window", frame(small, 16), 413},
-		{"decodes past the limit", frame(bytes.Repeat([]byte(" "), 40<<20), 15), 413},
+		{"32 MiB window, small content", frame(small, 15, 0), 202},
+		{"64 MiB window", frame(small, 16, 0), 413},
+		{"decodes past the limit", frame(bytes.Repeat([]byte(" "), 40<<20), 15, 0), 413},
 	} {
 		res := ts.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, c.body)
 		if res.status != c.want || !strings.HasPrefix(res.body, "{") {
@@ -142,6 +143,12 @@ func TestZstdWindowBomb(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(ts.srv.m.requestMemory); got != 0 {
 		t.Errorf("request memory still held after the requests: %v", got)
+	}
+	// Above 32 MiB the window allowed is MAX_BODY_BYTES itself: a frame
+	// declaring exactly that (40 MiB: 32 MiB and two eighths) is accepted.
+	big := startServer(t, Options{MaxBodyBytes: 40 << 20}, buffer.Options{})
+	if res := big.do(t, "POST", "/v0/events?name=ds", map[string]string{"Content-Encoding": "zstd"}, frame(small, 15, 2)); res.status != 202 {
+		t.Errorf("40 MiB window under a 40 MiB MAX_BODY_BYTES: got %d %s; want 202", res.status, res.body)
 	}
 }
 
