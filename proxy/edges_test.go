@@ -160,14 +160,18 @@ func TestOptionDefaults(t *testing.T) {
 }
 
 // TestRequestIDLength: a client's X-Request-Id of up to 128 printable
-// bytes is echoed; a longer one is replaced by the proxy's own.
+// bytes is echoed; a longer one, or one with a space, is replaced by the
+// proxy's own.
 func TestRequestIDLength(t *testing.T) {
 	ts := startServer(t, Options{}, buffer.Options{})
-	for n, echoed := range map[int]bool{128: true, 129: false} {
-		id := strings.Repeat("r", n)
+	for id, echoed := range map[string]bool{
+		strings.Repeat("r", 128): true, strings.Repeat("r", 129): false,
+		"!edges~":    true, // the first and last printable bytes
+		"with space": false,
+	} {
 		got := ts.do(t, "GET", "/health", map[string]string{"X-Request-Id": id}, nil).header.Get("X-Request-Id")
 		if (got == id) != echoed || got == "" {
-			t.Errorf("X-Request-Id of %d bytes: answered %q; want it echoed: %v", n, got, echoed)
+			t.Errorf("X-Request-Id %q (%d bytes): answered %q; want it echoed: %v", id, len(id), got, echoed)
 		}
 	}
 }
