@@ -14,11 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/deadletter"
-	"github.com/tbproxy/tbproxy/internal/fakebird"
-	"github.com/tbproxy/tbproxy/upstream/tinybird"
+	"github.com/tbproxy/tbproxy/upstream"
 )
-
-const upstreamToken = "tb-upstream-token"
 
 // harness runs a real Flusher over a buffer against an upstream.
 type harness struct {
@@ -113,62 +110,39 @@ func (h *harness) counter(t *testing.T, name string) float64 {
 	return 0
 }
 
-// newTinybird returns a Tinybird client for fb: the flusher tests that
-// predate the scripted senders (gate, upstreamFunc) go through a real one.
-func newTinybird(t *testing.T, fb *fakebird.Server) *tinybird.Client {
-	t.Helper()
-	up, err := tinybird.New(tinybird.Options{BaseURL: fb.URL(), Token: upstreamToken, Wait: true, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return up
-}
-
-func waitRows(t *testing.T, fb *fakebird.Server, n int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := fb.WaitRows(ctx, n); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func event(i int) string {
 	return fmt.Sprintf(`{"i":%d,"s":"Zürich 東京 🚀","big":12345678901234567890123}`, i)
 }
 
-// TestDeliversEveryEventOnce: N events in, exactly N rows upstream, each once
-// and byte-identical, to the datasource they were sent to, gzip'd, with
-// wait=true and the proxy's token.
+// TestDeliversEveryEventOnce: N events in, exactly N rows acknowledged, each
+// once and byte-identical, to the datasource they were sent to, in batches
+// keyed by no token (proxy-token mode: the upstream sends its own). How
+// Tinybird's client puts a batch on the wire (gzip, wait=true, the token) is
+// upstream/tinybird's TestSendRequest; TestThroughTinybird runs both.
 func TestDeliversEveryEventOnce(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 20 * time.Millisecond})
+	up := newScript()
+	h := startFlusher(t, up, Options{FlushInterval: 20 * time.Millisecond})
 	want := map[string][]string{}
 	for i := range 300 {
 		ds := []string{"alpha", "beta", "gamma"}[i%3]
 		h.put(t, buffer.Key{Datasource: ds}, event(i), event(i+1000))
 		want[ds] = append(want[ds], event(i), event(i+1000))
 	}
-	waitRows(t, fb, 600)
+	up.waitAcked(t, 600)
 	if err := h.stop(t); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	for ds, lines := range want {
-		var got []string
-		for _, r := range fb.RowsFor(ds) {
-			got = append(got, string(r.Line))
-		}
-		if !slices.Equal(got, lines) {
+		if got := up.ackedLines(ds); !slices.Equal(got, lines) {
 			t.Errorf("%s: got %d rows; want %d, in order and byte-identical", ds, len(got), len(lines))
 		}
 	}
-	if n := fb.RowCount(); n != 600 {
+	if n := up.acked(""); n != 600 {
 		t.Errorf("got %d rows upstream; want 600", n)
 	}
-	for _, r := range fb.Requests() {
-		if r.Encoding != "gzip" || r.Query.Get("wait") != "true" || r.Token != upstreamToken {
-			t.Errorf("request: encoding %q wait %q token ok=%v; want gzip, true, the upstream token",
-				r.Encoding, r.Query.Get("wait"), r.Token == upstreamToken)
+	for _, c := range up.sends() {
+		if c.Token != "" {
+			t.Errorf("a batch for %s carries token %q; want none, so the upstream sends its own", c.Datasource, c.Token)
 		}
 	}
 	if h.buf.Len() != 0 {
@@ -180,20 +154,20 @@ func TestDeliversEveryEventOnce(t *testing.T) {
 }
 
 func TestBatchCutByRows(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	h := startFlusher(t, newTinybird(t, fb), Options{BatchRows: 10, FlushInterval: time.Hour})
+	up := newScript()
+	h := startFlusher(t, up, Options{BatchRows: 10, FlushInterval: time.Hour})
 	lines := make([]string, 35)
 	for i := range lines {
 		lines[i] = event(i)
 	}
 	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, lines...) // one request larger than a batch
-	waitRows(t, fb, 30)                                          // three full batches; the rest waits for the interval
+	up.waitAcked(t, 30)                                          // three full batches; the rest waits for the interval
 	if err := h.stop(t); err != nil {                            // the drain sends the remainder
 		t.Fatal(err)
 	}
 	var sizes []int
-	for _, r := range fb.Requests() {
-		sizes = append(sizes, len(r.Lines))
+	for _, c := range up.sends() {
+		sizes = append(sizes, len(c.lines()))
 	}
 	if !slices.Equal(sizes, []int{10, 10, 10, 5}) {
 		t.Errorf("rows per upstream request: got %v; want [10 10 10 5]", sizes)
@@ -201,25 +175,26 @@ func TestBatchCutByRows(t *testing.T) {
 }
 
 func TestBatchCutByBytes(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
+	up := newScript()
 	const limit = 1024
-	h := startFlusher(t, newTinybird(t, fb), Options{BatchBytes: limit, FlushInterval: time.Hour})
+	h := startFlusher(t, up, Options{BatchBytes: limit, FlushInterval: time.Hour})
 	for i := range 50 {
 		h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(i), event(i+100))
 	}
 	if err := h.stop(t); err != nil {
 		t.Fatal(err)
 	}
-	if n := fb.RowCount(); n != 100 {
+	if n := up.acked(""); n != 100 {
 		t.Fatalf("got %d rows; want 100", n)
 	}
-	for _, r := range fb.Requests() {
-		if r.BodyBytes > limit {
-			t.Errorf("upstream request of %d bytes; limit %d", r.BodyBytes, limit)
+	sends := up.sends()
+	for _, c := range sends {
+		if len(c.Data) > limit {
+			t.Errorf("upstream request of %d bytes; limit %d", len(c.Data), limit)
 		}
 	}
-	if len(fb.Requests()) < 100*len(event(10))/limit {
-		t.Errorf("got %d requests; want batches cut near %d bytes", len(fb.Requests()), limit)
+	if len(sends) < 100*len(event(10))/limit {
+		t.Errorf("got %d requests; want batches cut near %d bytes", len(sends), limit)
 	}
 }
 
@@ -227,41 +202,38 @@ func TestBatchCutByBytes(t *testing.T) {
 // sent once FlushInterval passes (nothing else would send it: the loop is
 // not draining). One Put, so no timing window decides the batch count.
 func TestBatchCutByInterval(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 50 * time.Millisecond})
+	up := newScript()
+	h := startFlusher(t, up, Options{FlushInterval: 50 * time.Millisecond})
 	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2), event(3))
-	waitRows(t, fb, 3)
-	if n := fb.RequestCount(); n != 1 {
+	up.waitAcked(t, 3)
+	if n := len(up.sends()); n != 1 {
 		t.Errorf("got %d upstream requests; want the 3 events in 1", n)
 	}
 }
 
 // TestRetriesThrough429And500: a 429 with Retry-After and a 500 are retried
-// and the rows arrive exactly once.
+// and the rows arrive exactly once. (upstream/tinybird's TestSendAnswers
+// maps Tinybird's "429, Retry-After: 1" to the RetryAfter scripted here.)
 func TestRetriesThrough429And500(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	fb.Script(
-		fakebird.Response{Status: 429, Header: map[string]string{"Retry-After": "1"}},
-		fakebird.Response{Status: 500},
-	)
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond})
+	up := newScript(retryable(429, time.Second), retryable(500, 0), ackStatus(200))
+	h := startFlusher(t, up, Options{FlushInterval: 10 * time.Millisecond})
 	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2))
-	waitRows(t, fb, 2)
+	up.waitAcked(t, 2)
 	if err := h.stop(t); err != nil {
 		t.Fatal(err)
 	}
-	if got := fb.StatusCounts(); got[429] != 1 || got[500] != 1 || got[200] != 1 {
+	if got := up.statuses(); got[429] != 1 || got[500] != 1 || got[200] != 1 {
 		t.Errorf("upstream statuses: got %v; want one each of 429, 500, 200", got)
 	}
 	// Upstream's Retry-After wins over the flusher's 5 ms backoff: the
 	// retry comes no sooner than it asked (a lower bound, which a slow
 	// machine cannot break).
-	if reqs := fb.Requests(); len(reqs) >= 2 {
-		if gap := reqs[1].Time.Sub(reqs[0].Time); gap < 900*time.Millisecond {
+	if sends := up.sends(); len(sends) >= 2 {
+		if gap := sends[1].At.Sub(sends[0].At); gap < 900*time.Millisecond {
 			t.Errorf("retried %v after a 429 with Retry-After: 1; want at least 1s", gap)
 		}
 	}
-	if n := fb.RowCount(); n != 2 {
+	if n := up.acked(""); n != 2 {
 		t.Errorf("got %d rows; want 2 (no duplicates)", n)
 	}
 	if got := testutil.ToFloat64(h.f.m.retries); got != 2 {
@@ -274,27 +246,32 @@ func TestRetriesThrough429And500(t *testing.T) {
 	}
 }
 
-// TestRejectedBatchIsDropped: a final 4xx drops that batch with a reason and
-// a metric, and other datasources keep flowing.
+// TestRejectedBatchIsDropped: a final refusal (a *upstream.StatusError, as
+// Tinybird's 403, 400 and 422 map to) drops that batch with a reason and a
+// metric, and other datasources keep flowing.
 func TestRejectedBatchIsDropped(t *testing.T) {
 	for _, tt := range []struct {
 		status int
 		reason string
 	}{{403, reasonUpstreamRejected}, {400, reasonUpstreamRejected}, {422, reasonUpstreamPartial}} {
 		t.Run(fmt.Sprint(tt.status), func(t *testing.T) {
-			fb := fakebird.NewTB(t, fakebird.Options{})
-			fb.SetFault(fakebird.ForDatasource("bad", fakebird.Always(fakebird.Response{Status: tt.status})))
-			h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond})
+			up := scriptFunc(func(c call) reply {
+				if c.Datasource == "bad" {
+					return refused(tt.status, "refused")
+				}
+				return ack
+			})
+			h := startFlusher(t, up, Options{FlushInterval: 10 * time.Millisecond})
 			h.put(t, buffer.Key{Token: "t", Datasource: "bad"}, event(1), event(2), event(3))
 			h.put(t, buffer.Key{Token: "t", Datasource: "good"}, event(4))
-			waitRows(t, fb, 1)
+			up.waitAcked(t, 1)
 			if err := h.stop(t); err != nil {
 				t.Fatalf("Run: %v (a dropped batch is not a shutdown loss)", err)
 			}
 			if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(tt.reason)); got != 3 {
 				t.Errorf("dropped{reason=%q}: got %v; want 3", tt.reason, got)
 			}
-			if got := fb.StatusCounts()[tt.status]; got != 1 {
+			if got := up.statuses()[tt.status]; got != 1 {
 				t.Errorf("%d answers: got %d; want 1 (never retried)", tt.status, got)
 			}
 			if h.buf.Len() != 0 {
@@ -304,12 +281,11 @@ func TestRejectedBatchIsDropped(t *testing.T) {
 	}
 }
 
-// TestShortAckIsCounted: a 2xx that counts fewer rows than were sent is
-// accounted as a drop, not silently as delivered.
+// TestShortAckIsCounted: an acknowledgement that counts fewer rows than
+// were sent is accounted as a drop, not silently as delivered.
 func TestShortAckIsCounted(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	fb.Script(fakebird.Response{Status: 200, Body: `{"successful_rows":1,"quarantined_rows":1}`})
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour})
+	up := newScript(answer(upstream.Result{Status: 200, SuccessfulRows: 1, QuarantinedRows: 1}))
+	h := startFlusher(t, up, Options{FlushInterval: time.Hour})
 	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2), event(3), event(4))
 	if err := h.stop(t); err != nil {
 		t.Fatal(err)
@@ -326,16 +302,20 @@ func TestShortAckIsCounted(t *testing.T) {
 // TestFailingDatasourceDoesNotStallOthers: with one upstream slot, a
 // datasource that always fails still lets another deliver.
 func TestFailingDatasourceDoesNotStallOthers(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	fb.SetFault(fakebird.ForDatasource("broken", fakebird.Always(fakebird.Response{Status: 503})))
-	h := startFlusher(t, newTinybird(t, fb), Options{
+	up := scriptFunc(func(c call) reply {
+		if c.Datasource == "broken" {
+			return retryable(503, 0)
+		}
+		return ack
+	})
+	h := startFlusher(t, up, Options{
 		FlushInterval: 10 * time.Millisecond, Concurrency: 1, DrainTimeout: 200 * time.Millisecond,
 	})
 	h.put(t, buffer.Key{Token: "t", Datasource: "broken"}, event(0))
 	for i := range 20 {
 		h.put(t, buffer.Key{Token: "t", Datasource: "fine"}, event(i))
 	}
-	waitRows(t, fb, 20)
+	up.waitAcked(t, 20)
 	// Only the broken datasource's event is still held, and it is still
 	// being retried: the drain deadline finds exactly it.
 	if err := h.stop(t); !errors.Is(err, ErrUndelivered) {
@@ -344,48 +324,54 @@ func TestFailingDatasourceDoesNotStallOthers(t *testing.T) {
 	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonShutdownTimeout)); got != 1 {
 		t.Errorf("dropped{reason=shutdown_timeout}: got %v; want 1", got)
 	}
-	if fb.RowCountFor("broken") != 0 || fb.StatusCounts()[503] < 2 {
-		t.Errorf("broken datasource: %d rows, %d 503s; want 0 rows and retries", fb.RowCountFor("broken"), fb.StatusCounts()[503])
+	if up.acked("broken") != 0 || up.statuses()[503] < 2 {
+		t.Errorf("broken datasource: %d rows, %d 503s; want 0 rows and retries", up.acked("broken"), up.statuses()[503])
 	}
 }
 
 // TestPassThroughTokensNeverMix: batches are keyed by (token, datasource).
 func TestPassThroughTokensNeverMix(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: 10 * time.Millisecond})
+	up := newScript()
+	h := startFlusher(t, up, Options{FlushInterval: 10 * time.Millisecond})
 	for i := range 10 {
 		h.put(t, buffer.Key{Token: "workspace-a", Datasource: "ds"}, fmt.Sprintf(`{"ws":"a","i":%d}`, i))
 		h.put(t, buffer.Key{Token: "workspace-b", Datasource: "ds"}, fmt.Sprintf(`{"ws":"b","i":%d}`, i))
 	}
-	waitRows(t, fb, 20)
-	for _, r := range fb.Rows() {
-		if want := `{"ws":"` + strings.TrimPrefix(r.Token, "workspace-") + `"`; !strings.HasPrefix(string(r.Line), want) {
-			t.Errorf("row %s arrived with token %q", r.Line, r.Token)
+	up.waitAcked(t, 20)
+	for _, c := range up.sends() {
+		want := `{"ws":"` + strings.TrimPrefix(c.Token, "workspace-") + `"`
+		for _, l := range c.lines() {
+			if !strings.HasPrefix(l, want) {
+				t.Errorf("row %s arrived with token %q", l, c.Token)
+			}
 		}
 	}
 }
 
 // TestDrainDeliversEverything: ending Run sends every held batch at once.
 func TestDrainDeliversEverything(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour})
+	up := newScript()
+	h := startFlusher(t, up, Options{FlushInterval: time.Hour})
 	for i := range 100 {
 		h.put(t, buffer.Key{Token: "t", Datasource: fmt.Sprintf("ds%d", i%7)}, event(i))
 	}
 	if err := h.stop(t); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if n := fb.RowCount(); n != 100 {
+	if n := up.acked(""); n != 100 {
 		t.Errorf("got %d rows after drain; want 100", n)
 	}
+}
+
+// failing answers every Send with a retryable 500.
+func failing() *script {
+	return scriptFunc(func(call) reply { return retryable(500, 0) })
 }
 
 // TestShutdownTimeoutCountsLoss: what cannot be delivered by the drain
 // deadline is counted, logged and reported by Run.
 func TestShutdownTimeoutCountsLoss(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	fb.SetFault(fakebird.Always(fakebird.Response{Status: 500}))
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Millisecond, DrainTimeout: 200 * time.Millisecond})
+	h := startFlusher(t, failing(), Options{FlushInterval: time.Millisecond, DrainTimeout: 200 * time.Millisecond})
 	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1), event(2), event(3))
 	h.put(t, buffer.Key{Token: "t", Datasource: "other"}, event(4))
 	err := h.stop(t)
@@ -400,17 +386,28 @@ func TestShutdownTimeoutCountsLoss(t *testing.T) {
 // TestShutdownTimeoutAbandonsSendDuringDrain: an upload started during the
 // drain is given no more than the drain's deadline, however slow upstream is.
 func TestShutdownTimeoutAbandonsSendDuringDrain(t *testing.T) {
-	fb := fakebird.NewTB(t, fakebird.Options{})
-	fb.SetFault(fakebird.Always(fakebird.Response{Delay: 20 * time.Second}))
+	up := gated() // never let through: each Send ends only with its ctx
 	// FlushInterval 1h: the batch is first sent by the drain.
-	h := startFlusher(t, newTinybird(t, fb), Options{FlushInterval: time.Hour, DrainTimeout: 300 * time.Millisecond})
+	const drain = 300 * time.Millisecond
+	h := startFlusher(t, up, Options{FlushInterval: time.Hour, DrainTimeout: drain})
 	h.put(t, buffer.Key{Token: "t", Datasource: "ds"}, event(1))
 	start := time.Now()
 	if err := h.stop(t); !errors.Is(err, ErrUndelivered) {
 		t.Fatalf("Run: got %v; want ErrUndelivered", err)
 	}
-	// The upstream timeout is 5s; returning well before it shows the send
-	// was held to the drain deadline.
+	// The send is given the drain's deadline (the drain began before the
+	// send did), not the day an attempt gets otherwise, so Run returns soon
+	// after that deadline however long the upstream would have taken.
+	sends := up.sends()
+	if len(sends) == 0 {
+		t.Fatal("the drain sent nothing")
+	}
+	for _, c := range sends {
+		if c.Deadline.IsZero() || c.Deadline.After(c.At.Add(drain)) {
+			t.Errorf("a send at %s was given deadline %s; want the drain's, by %s",
+				c.At.Format(time.StampMicro), c.Deadline.Format(time.StampMicro), c.At.Add(drain).Format(time.StampMicro))
+		}
+	}
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("shutdown took %s with a 300ms drain timeout", took)
 	}

@@ -1,89 +1,28 @@
 package flusher
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/internal/poll"
-	"github.com/tbproxy/tbproxy/upstream"
 )
-
-// gate is a scripted upstream: every Send is recorded, announced on sent,
-// and held until the test lets it through, then acknowledged whole. It
-// tests the flusher's loop without an HTTP client in the way.
-type gate struct {
-	sent chan string // each batch's NDJSON, as Send receives it
-	open chan struct{}
-
-	mu   sync.Mutex
-	rows map[string]int // datasource → rows acknowledged
-}
-
-func newGate() *gate {
-	return &gate{sent: make(chan string, 1024), open: make(chan struct{}, 1024), rows: make(map[string]int)}
-}
-
-func (g *gate) Send(ctx context.Context, b *upstream.Batch) (upstream.Result, error) {
-	var data bytes.Buffer
-	if _, err := b.WriteTo(&data); err != nil {
-		return upstream.Result{}, err
-	}
-	g.sent <- b.Key.Datasource + " " + data.String()
-	select {
-	case <-g.open:
-	case <-ctx.Done():
-		return upstream.Result{}, &upstream.RetryableError{Err: ctx.Err()}
-	}
-	g.mu.Lock()
-	g.rows[b.Key.Datasource] += b.Rows
-	g.mu.Unlock()
-	return upstream.Result{SuccessfulRows: b.Rows}, nil
-}
-
-// next returns the next batch Send received.
-func (g *gate) next(t *testing.T) string {
-	t.Helper()
-	select {
-	case s := <-g.sent:
-		return s
-	case <-time.After(10 * time.Second):
-		t.Fatal("no batch was sent")
-		return ""
-	}
-}
-
-// let lets n sends through.
-func (g *gate) let(n int) {
-	for range n {
-		g.open <- struct{}{}
-	}
-}
-
-func (g *gate) acked(ds string) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.rows[ds]
-}
 
 // TestRowsArrivingDuringASendAreKept: rows that do not fit the batch in
 // flight start a new one; when the send ends, that batch is still there to
 // send, here by the drain at shutdown.
 func TestRowsArrivingDuringASendAreKept(t *testing.T) {
-	g := newGate()
+	g := gated()
 	h := startFlusher(t, g, Options{BatchRows: 2, FlushInterval: time.Hour, DrainTimeout: 2 * time.Second})
 	k := buffer.Key{Datasource: "ds"}
 	// Two rows fill a batch, sent at once; the third waits in a new one.
 	h.put(t, k, event(0), event(1), event(2))
-	if got := g.next(t); strings.Count(got, "\n") != 2 {
-		t.Fatalf("first batch %q; want 2 rows", got)
+	if got := g.next(t); got.Rows != 2 || strings.Count(got.Data, "\n") != 2 {
+		t.Fatalf("first batch %q; want 2 rows", got.Data)
 	}
 	g.let(1)
 	poll.Until(t, "the first batch's rows released", func() bool { return h.buf.Len() == 1 })
@@ -100,7 +39,7 @@ func TestRowsArrivingDuringASendAreKept(t *testing.T) {
 // goes once the datasource has nothing left to send, so a proxy that sees
 // many datasources over time does not grow with them.
 func TestStreamsAreForgottenWhenIdle(t *testing.T) {
-	g := newGate()
+	g := gated()
 	h := startFlusher(t, g, Options{FlushInterval: time.Millisecond})
 	const n = 50
 	g.let(n)
@@ -142,7 +81,7 @@ func TestOptionDefaults(t *testing.T) {
 // the oldest event still held, not of the newest, while upstream holds
 // every batch.
 func TestOldestEventAge(t *testing.T) {
-	g := newGate()
+	g := gated()
 	h := startFlusher(t, g, Options{FlushInterval: time.Millisecond})
 	h.put(t, buffer.Key{Datasource: "old"}, event(0))
 	time.Sleep(600 * time.Millisecond)
@@ -164,7 +103,7 @@ func TestOldestEventAge(t *testing.T) {
 // (the file sink's) is counted under tbproxy_upstream_requests_total
 // {code="ok"}, once per batch.
 func TestNonHTTPSuccessCountsAsOK(t *testing.T) {
-	g := newGate()
+	g := gated()
 	h := startFlusher(t, g, Options{FlushInterval: time.Hour})
 	g.let(2)
 	h.put(t, buffer.Key{Datasource: "page_views"}, event(1), event(2))
@@ -187,11 +126,11 @@ func TestNonHTTPSuccessCountsAsOK(t *testing.T) {
 // instead of retrying forever while the buffer fills; other datasources
 // keep flowing.
 func TestFinalErrorIsDropped(t *testing.T) {
-	up := upstreamFunc(func(_ context.Context, b *upstream.Batch) (upstream.Result, error) {
-		if b.Key.Datasource == "blocked" {
-			return upstream.Result{}, errors.New("append 1 events to blocked.ndjson: is a directory")
+	up := scriptFunc(func(c call) reply {
+		if c.Datasource == "blocked" {
+			return fail(errors.New("append 1 events to blocked.ndjson: is a directory"))
 		}
-		return upstream.Result{SuccessfulRows: b.Rows}, nil
+		return ack
 	})
 	h := startFlusher(t, up, Options{FlushInterval: 10 * time.Millisecond})
 	w := putWaiting(t, h.buf, buffer.Key{Datasource: "blocked"}, event(1))
