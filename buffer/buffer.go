@@ -5,6 +5,8 @@
 // called for it. Take only hands entries to the consumer; they keep counting
 // against the limits while the consumer batches, sends and retries them, so a
 // long upstream outage turns into ErrFull for new writes, never into loss.
+// A producer that would rather wait than be refused (a replay) uses
+// PutWait, which Release wakes when it makes room.
 package buffer
 
 import (
@@ -115,6 +117,11 @@ type Buffer struct {
 	closed                bool
 	drain                 drainRate
 	keys                  keys
+	// room, when not nil, is closed and cleared the next time room may
+	// have appeared (Release, Verify, Close). PutWait and WaitRoom make it
+	// only when they must wait: while nobody waits, Release pays one nil
+	// check and Put nothing.
+	room chan struct{}
 
 	denied deny
 }
@@ -141,11 +148,11 @@ func New(opts Options) *Buffer {
 // buffer's (see arena), so the caller may reuse them and their backing arrays
 // as soon as it returns.
 //
-// Put never blocks on the consumer. It returns ErrClosed after Close,
-// ErrDenied for a denied token, ErrTooLarge when the lines could never fit,
-// and ErrFull when they do not fit now: ErrTooManyDatasources and
-// ErrTooManyTokens wrap it, for the limits on distinct keys. Put with no
-// lines stores nothing and returns nil.
+// Put never blocks on the consumer (PutWait does). It returns ErrClosed
+// after Close, ErrDenied for a denied token, ErrTooLarge when the lines
+// could never fit, and ErrFull when they do not fit now:
+// ErrTooManyDatasources and ErrTooManyTokens wrap it, for the limits on
+// distinct keys. Put with no lines stores nothing and returns nil.
 func (b *Buffer) Put(key Key, lines [][]byte) error { return b.PutWaiting(key, lines, nil) }
 
 // PutWaiting is Put for a request whose client waits for delivery: w is
@@ -251,6 +258,7 @@ func (b *Buffer) Release(key Key, events int, data ...[]byte) {
 	b.events.Store(int64(b.heldEvents))
 	b.bytes.Store(int64(b.heldBytes))
 	b.drain.add(time.Now(), max(events, 0), max(bytes, 0))
+	b.roomLocked()
 	b.mu.Unlock()
 }
 
@@ -285,6 +293,7 @@ func (b *Buffer) Fill() float64 {
 func (b *Buffer) Close() {
 	b.mu.Lock()
 	b.closed = true
+	b.roomLocked() // a PutWait then returns ErrClosed
 	b.mu.Unlock()
 	b.kick()
 }

@@ -145,5 +145,6 @@ func (b *Buffer) Verify(token string) {
 	}
 	b.mu.Lock()
 	b.keys.verify(token, time.Now())
+	b.roomLocked() // a token no longer unverified may now fit (ErrTooManyTokens)
 	b.mu.Unlock()
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/tbproxy/tbproxy/internal/redact"
 )
 
 // Config is the proxy's validated configuration. Each field names the
@@ -287,18 +288,14 @@ func (c Config) FileSinkDir() (string, bool) {
 
 // LogValue implements [slog.LogValuer] for a start-up log line. It shows
 // whether TINYBIRD_TOKEN is set and how many AUTHORIZATION_TOKEN values there
-// are, never the tokens, and replaces any user:password in the base URL with
-// REDACTED. Sizes and durations are strings such as "10MiB" and "30s".
+// are, never the tokens, and replaces any user information in the base URL
+// and in QUEUE_URL with REDACTED (redact.URL). Sizes and durations are
+// strings such as "10MiB" and "30s".
 func (c Config) LogValue() slog.Value {
-	base := c.TinybirdBaseURL
-	if u, err := url.Parse(base); err == nil && u.User != nil {
-		u.User = url.User("REDACTED") // a bare user name can be a token too
-		base = u.String()
-	}
 	return slog.GroupValue(
 		slog.Int("port", c.Port),
 		slog.Bool("tinybird_token_set", c.TinybirdToken != ""),
-		slog.String("tinybird_base_url", base),
+		slog.String("tinybird_base_url", redact.URL(c.TinybirdBaseURL)),
 		slog.Int("authorization_token_count", len(c.AuthorizationTokens)),
 		slog.Bool("allow_unauthenticated", c.AllowUnauthenticated),
 		slog.Int("batch_size", c.BatchSize),
@@ -323,7 +320,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("spool_max_bytes", c.SpoolMaxBytes.String()),
 		slog.String("spool_fsync", c.SpoolFsync),
 		slog.String("spool_fsync_interval", c.SpoolFsyncInterval.String()),
-		slog.String("queue_url", redactURLs(c.QueueURL)),
+		slog.String("queue_url", redact.URLs(c.QueueURL)),
 		slog.String("queue_stream", c.QueueStream),
 		slog.String("queue_subject", c.QueueSubject),
 		slog.Int("queue_replicas", c.QueueReplicas),

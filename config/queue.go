@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
@@ -46,24 +45,4 @@ func (c Config) validateQueue(v *validator) {
 	v.positive("QUEUE_MAX_AGE", c.QueueMaxAge)
 	v.check(c.QueueAckWait >= time.Second, "QUEUE_ACK_WAIT", "must be at least 1s, got %s", c.QueueAckWait)
 	v.check(c.QueueMaxDeliver >= 2, "QUEUE_MAX_DELIVER", "must be at least 2 (one retry after a replica dies), got %d", c.QueueMaxDeliver)
-}
-
-// redactURLs replaces any user:password in comma-separated URLs with
-// REDACTED, for logging.
-func redactURLs(raw string) string {
-	var out []string
-	for _, s := range strings.Split(raw, ",") {
-		s = strings.TrimSpace(s)
-		if u, err := url.Parse(s); err == nil && u.User != nil {
-			u.User = url.User("REDACTED")
-			s = u.String()
-		} else if err != nil {
-			s = "(unparsable)"
-		}
-		out = append(out, s)
-	}
-	if raw == "" {
-		return ""
-	}
-	return fmt.Sprint(strings.Join(out, ","))
 }

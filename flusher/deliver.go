@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/clock"
 	"github.com/tbproxy/tbproxy/upstream"
 )
 
@@ -87,11 +88,7 @@ func (f *Flusher) send(ctx context.Context, b *batch, r *result, haveSlot bool) 
 				"events", b.Rows, "attempt", attempt, "retry_in", wait.String(), "err", err)
 		}
 		f.m.retries.Inc()
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !clock.Sleep(ctx, wait) {
 			r.leftover = append(r.leftover, b)
 			return
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/clock"
 	"github.com/tbproxy/tbproxy/internal/ndjson"
 )
 
@@ -33,11 +34,8 @@ const (
 func (q *Queue) Run(ctx context.Context) error {
 	failures := 0
 	for ctx.Err() == nil {
-		if q.buf.Fill() >= bridgeFill {
-			if !sleep(ctx, 20*time.Millisecond) { // room appears as the flusher delivers
-				break
-			}
-			continue
+		if q.buf.WaitRoom(ctx, bridgeFill) != nil { // room appears as the flusher delivers
+			break
 		}
 		batch, err := q.cons.Fetch(fetchBatch, jetstream.FetchMaxWait(fetchWait))
 		if err == nil {
@@ -51,7 +49,7 @@ func (q *Queue) Run(ctx context.Context) error {
 			if failures == 1 || failures&(failures-1) == 0 { // 1, 2, 4, 8, …
 				q.log.Warn("fetching from the queue failed", "err", err, "failures", failures)
 			}
-			if !sleep(ctx, min(time.Duration(failures)*100*time.Millisecond, 2*time.Second)) {
+			if !clock.Sleep(ctx, min(time.Duration(failures)*100*time.Millisecond, 2*time.Second)) {
 				break
 			}
 			continue
@@ -110,34 +108,22 @@ func (q *Queue) take(ctx context.Context, msg jetstream.Msg) {
 		}
 	})
 	q.held.add(msg)
-	for {
-		err := q.buf.PutWaiting(key, lines, w)
-		switch {
-		case err == nil:
-			return
-		case errors.Is(err, buffer.ErrFull):
-			if sleep(ctx, 20*time.Millisecond) {
-				continue
-			}
-			fallthrough
-		case errors.Is(err, buffer.ErrClosed):
-			// This replica is stopping, and its pull request may still be
-			// open: a plain nak would come straight back into it, again
-			// and again, until QUEUE_MAX_DELIVER dead-letters the rows.
-			// Delayed past the pull's end, it goes to another replica.
-			if q.held.remove(msg) {
-				_ = msg.NakWithDelay(fetchWait)
-				q.m.naked.Inc()
-			}
-			return
-		case errors.Is(err, buffer.ErrTooLarge):
-			q.held.remove(msg)
-			q.terminate(msg, key, msg.Data(), rows, reply, reasonTooLarge, "larger than this replica's whole buffer (BUFFER_SIZE, BUFFER_MAX_BYTES)")
-			return
-		default: // buffer.ErrDenied
-			q.held.remove(msg)
-			q.terminate(msg, key, msg.Data(), rows, reply, reasonDenied, "upstream refused this token (403) moments ago")
-			return
+	switch err := q.buf.PutWait(ctx, key, lines, w); {
+	case err == nil:
+	case errors.Is(err, buffer.ErrTooLarge):
+		q.held.remove(msg)
+		q.terminate(msg, key, msg.Data(), rows, reply, reasonTooLarge, "larger than this replica's whole buffer (BUFFER_SIZE, BUFFER_MAX_BYTES)")
+	case errors.Is(err, buffer.ErrDenied):
+		q.held.remove(msg)
+		q.terminate(msg, key, msg.Data(), rows, reply, reasonDenied, "upstream refused this token (403) moments ago")
+	default: // buffer.ErrClosed, or ctx ended while the buffer was full
+		// This replica is stopping, and its pull request may still be
+		// open: a plain nak would come straight back into it, again and
+		// again, until QUEUE_MAX_DELIVER dead-letters the rows. Delayed
+		// past the pull's end, it goes to another replica.
+		if q.held.remove(msg) {
+			_ = msg.NakWithDelay(fetchWait)
+			q.m.naked.Inc()
 		}
 	}
 }
@@ -173,17 +159,5 @@ func (q *Queue) terminate(msg jetstream.Msg, key buffer.Key, data []byte, rows i
 	q.m.acked.Inc()
 	if reply != "" {
 		q.report(reply, 0, 0, f)
-	}
-}
-
-// sleep waits d, or returns false if ctx ends first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

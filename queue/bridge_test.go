@@ -115,3 +115,38 @@ func TestPutWaitingTooLarge(t *testing.T) {
 		t.Errorf("publishes{result=too_large} = %v; want 1", got)
 	}
 }
+
+// TestBridgeWaitsForRoom: the bridge fetches only while the buffer is less
+// than half full, and a fetched message that does not fit yet waits for
+// room; both wake as the flusher releases rows, and the message is
+// buffered and acked.
+func TestBridgeWaitsForRoom(t *testing.T) {
+	ns := natstest.Start(t)
+	js := client(t, ns)
+	buf := buffer.New(buffer.Options{MaxEvents: 4, MaxBytes: 1 << 20})
+	local := buffer.Key{Datasource: "local"}
+	for _, r := range []string{`{"held":1}`, `{"held":2}`} { // half full: no fetching
+		if err := buf.Put(local, rows(r)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := buf.Take(nil)
+	q := openQueue(t, ns, buf, Options{Stream: "WAITROOM", Subject: "waitroom"})
+	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, rows(`{"a":1}`, `{"a":2}`, `{"a":3}`, `{"a":4}`), nil); err != nil {
+		t.Fatal(err)
+	}
+
+	buf.Release(local, 1, held[0].Data) // a quarter full: the bridge fetches, but 4 rows do not fit
+	poll.Until(t, "the bridge to fetch the message", func() bool { return q.held.len() == 1 })
+	if buf.Len() != 1 {
+		t.Fatalf("%d events buffered; want only the 1 held", buf.Len())
+	}
+	buf.Release(local, 1, held[1].Data)
+	poll.Until(t, "the message buffered", func() bool { return buf.Len() == 4 })
+	if n := finish(buf, nil); n != 4 {
+		t.Fatalf("finished %d rows; want the message's 4", n)
+	}
+	poll.Until(t, "the message acked and gone from the stream", func() bool { return streamMsgs(t, js, "WAITROOM") == 0 })
+	wantCount(t, "acked", q.m.acked, 1)
+	wantCount(t, "naked", q.m.naked, 0)
+}

@@ -30,6 +30,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/clock"
+	"github.com/tbproxy/tbproxy/internal/redact"
 )
 
 // Message headers. The body is the request's NDJSON lines, each ending in
@@ -189,11 +191,11 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			q.m.connected.Set(1)
-			log.Info("reconnected to NATS", "server", redact(nc.ConnectedUrlRedacted()))
+			log.Info("reconnected to NATS", "server", redact.URL(nc.ConnectedUrlRedacted()))
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			q.m.connected.Set(1)
-			log.Info("connected to NATS", "server", redact(nc.ConnectedUrlRedacted()))
+			log.Info("connected to NATS", "server", redact.URL(nc.ConnectedUrlRedacted()))
 		}),
 	}
 	if opts.Creds != "" {
@@ -266,10 +268,8 @@ func (q *Queue) setup() error {
 				break
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !clock.Sleep(ctx, min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second)) {
 			return fmt.Errorf("queue: create stream %s and consumer %s: %w", q.opts.Stream, q.opts.Consumer, err)
-		case <-time.After(min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second)):
 		}
 	}
 	if _, err := q.nc.Subscribe(q.opts.Subject+".done."+q.procID, q.onOutcome); err != nil {
@@ -426,14 +426,4 @@ func (q *Queue) housekeeping(ctx context.Context) {
 			q.waits.expire(now)
 		}
 	}
-}
-
-// redact removes user:password from a NATS URL before it is logged.
-func redact(u string) string {
-	if i := strings.Index(u, "@"); i >= 0 {
-		if j := strings.Index(u, "://"); j >= 0 && j < i {
-			return u[:j+3] + "REDACTED@" + u[i+1:]
-		}
-	}
-	return u
 }

@@ -415,19 +415,6 @@ func TestWaitEntriesExpire(t *testing.T) {
 	}
 }
 
-// TestRedact: a NATS URL's credentials never reach a log line.
-func TestRedact(t *testing.T) {
-	for in, want := range map[string]string{
-		"nats://user:secret@h:4222": "nats://REDACTED@h:4222",
-		"nats://h:4222":             "nats://h:4222",
-		"tls://tok@h":               "tls://REDACTED@h",
-	} {
-		if got := redact(in); got != want {
-			t.Errorf("redact(%q) = %q; want %q", in, got, want)
-		}
-	}
-}
-
 // TestQuietWhenAllIsWell: a message fetched, buffered, delivered and acked
 // leaves no warning or error in the log: the log is for trouble.
 func TestQuietWhenAllIsWell(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/internal/ndjson"
@@ -134,24 +133,17 @@ func (s *Spool) replaySegment(ctx context.Context, seg *segment, retired map[ref
 				s.ack(seg, off)
 			}
 		})
-		for {
-			err := s.buf.PutWaiting(r.key, lines, w)
-			if err == nil {
-				events += r.rows
-				s.m.replayed.Add(float64(r.rows))
-				break
-			}
-			if !errors.Is(err, buffer.ErrFull) {
-				// It can never fit (a smaller buffer than the run that wrote
-				// it) or the buffer closed: say so; the segment stays.
-				s.log.Error("spool record not replayed", "path", seg.path, "events", r.rows, "err", err)
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return events, ctx.Err()
-			case <-time.After(20 * time.Millisecond): // room appears as the flusher delivers
-			}
+		// Room appears as the flusher delivers.
+		switch err := s.buf.PutWait(ctx, r.key, lines, w); {
+		case err == nil:
+			events += r.rows
+			s.m.replayed.Add(float64(r.rows))
+		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+			return events, err
+		default:
+			// It can never fit (a smaller buffer than the run that wrote
+			// it) or the buffer closed: say so; the segment stays.
+			s.log.Error("spool record not replayed", "path", seg.path, "events", r.rows, "err", err)
 		}
 	}
 	s.mu.Lock()

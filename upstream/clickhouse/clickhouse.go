@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tbproxy/tbproxy/internal/clock"
 	"github.com/tbproxy/tbproxy/internal/endpoint"
 	"github.com/tbproxy/tbproxy/upstream"
 	"github.com/valyala/fasthttp"
@@ -388,11 +389,7 @@ func (c *Client) writtenFromQueryLog(ctx context.Context, queryID string, deadli
 		if time.Now().Add(wait).After(deadline) {
 			break
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !clock.Sleep(ctx, wait) {
 			return 0, ctx.Err()
 		}
 		wait *= 2
