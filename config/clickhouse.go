@@ -149,11 +149,11 @@ func (c *Config) takeClickHousePassword() []error {
 // validateClickHouse checks the rules of the ClickHouse upstream: clients
 // authenticate to the proxy (there is no pass-through of client tokens to
 // ClickHouse), TINYBIRD_TOKEN has no use, and the ClickHouse variables go
-// only with a clickhouse:// URL.
-func (c Config) validateClickHouse(v *validator) {
+// only with a clickhouse:// URL. up is c.Upstream().
+func (c Config) validateClickHouse(v *validator, up Upstream) {
 	v.check(c.ClickHouseAllowErrorsRatio >= 0 && c.ClickHouseAllowErrorsRatio <= 1, "CLICKHOUSE_ALLOW_ERRORS_RATIO",
 		"must be between 0 and 1, got %g", c.ClickHouseAllowErrorsRatio)
-	if _, ch := c.ClickHouse(); !ch {
+	if up.Kind != UpstreamClickHouse {
 		if c.TinybirdBaseURL != "" {
 			v.check(c.ClickHousePassword == "", "CLICKHOUSE_PASSWORD", "is set, but TINYBIRD_BASE_URL is not a clickhouse:// URL")
 			v.check(c.ClickHouseAllowErrorsRatio == 0, "CLICKHOUSE_ALLOW_ERRORS_RATIO", "is set, but TINYBIRD_BASE_URL is not a clickhouse:// URL")

@@ -273,9 +273,7 @@ func (c Config) ProxyTokenMode() bool {
 // client tokens. Every part of the proxy that keys, stores or checks tokens
 // asks this one question.
 func (c Config) ClientTokensUpstream() bool {
-	_, file := c.FileSinkDir()
-	_, clickhouse := c.ClickHouse()
-	return !c.ProxyTokenMode() && !file && !clickhouse
+	return !c.ProxyTokenMode() && c.Upstream().Kind == UpstreamTinybird
 }
 
 // FileSinkDir returns the directory of a TINYBIRD_BASE_URL of the form

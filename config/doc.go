@@ -14,6 +14,7 @@
 // the upstream with a directory of files, for local development and tests.
 // One of the form clickhouse://… inserts into a ClickHouse server instead
 // (see [Config.ClickHouse]); clients then authenticate as in proxy-token mode.
+// [Config.Upstream] is the one answer to which of the three is configured.
 //
 // Only package main imports config; every other package takes its own
 // Options struct, which main fills from a Config.

@@ -12,14 +12,14 @@ func (c Config) validate(failed map[string]bool) []error {
 	v := validator{failed: failed}
 
 	v.check(c.Port >= 0 && c.Port <= 65535, "PORT", "must be between 0 and 65535, got %d", c.Port)
-	_, clickhouse := c.ClickHouse() // its own rules: validateClickHouse
-	c.validateClickHouse(&v)
-	if !clickhouse && c.ProxyTokenMode() && len(c.AuthorizationTokens) == 0 && !c.AllowUnauthenticated && v.ok("AUTHORIZATION_TOKEN", "ALLOW_UNAUTHENTICATED") {
+	up := c.Upstream()
+	c.validateClickHouse(&v, up) // ClickHouse's own rules
+	if up.Kind != UpstreamClickHouse && c.ProxyTokenMode() && len(c.AuthorizationTokens) == 0 && !c.AllowUnauthenticated && v.ok("AUTHORIZATION_TOKEN", "ALLOW_UNAUTHENTICATED") {
 		v.check(false, "AUTHORIZATION_TOKEN", "required when TINYBIRD_TOKEN is set: "+
 			"set AUTHORIZATION_TOKEN to the comma-separated tokens your clients will send, "+
 			"or set ALLOW_UNAUTHENTICATED=true to run an open proxy that spends your TINYBIRD_TOKEN for anyone who can reach it")
 	}
-	if _, file := c.FileSinkDir(); !file && !clickhouse && !c.ProxyTokenMode() && len(c.AuthorizationTokens) > 0 && v.ok("TINYBIRD_BASE_URL") {
+	if up.Kind == UpstreamTinybird && !c.ProxyTokenMode() && len(c.AuthorizationTokens) > 0 && v.ok("TINYBIRD_BASE_URL") {
 		v.check(false, "AUTHORIZATION_TOKEN", "is set but TINYBIRD_TOKEN is not: "+
 			"without TINYBIRD_TOKEN the proxy forwards each client's own Tinybird token (pass-through mode), "+
 			"so the proxy would have no token to send upstream; set TINYBIRD_TOKEN too, or unset AUTHORIZATION_TOKEN")

@@ -4,6 +4,9 @@
 // <dir>/<datasource>.errors.jsonl, so an operator can replay them
 // (tbproxy replay, or curl). The flusher writes what upstream refused or a
 // shutdown left behind, the JetStream queue what it gave up redelivering.
+// CheckFile, Feed and Replay are the other way back: tbproxy replay sends
+// such a file through a buffer and flusher again and reports, from each
+// row's outcome, what was delivered.
 package deadletter
 
 import (

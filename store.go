@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/config"
+	"github.com/tbproxy/tbproxy/deadletter"
+	"github.com/tbproxy/tbproxy/proxy"
+	"github.com/tbproxy/tbproxy/queue"
+	"github.com/tbproxy/tbproxy/spool"
+	"golang.org/x/sync/errgroup"
+)
+
+// store is the durable store accepted requests are written to before the
+// buffer, if one is configured: the spool (SPOOL_DIR) or the JetStream
+// queue replicas share (QUEUE_URL); config allows one at most. A part that
+// is not configured is nil, and every method leaves it out, so main calls
+// each of them whatever is configured.
+type store struct {
+	spool *spool.Spool
+	queue *queue.Queue
+
+	stopBridge context.CancelFunc // ends the queue's bridge; set by start
+	bridge     errgroup.Group     // the queue's bridge
+}
+
+// openStore opens the configured store, or returns an empty one. An error
+// is logged here, naming the store that could not be opened.
+func openStore(cfg config.Config, buf *buffer.Buffer, dead *deadletter.Writer, reg prometheus.Registerer, log *slog.Logger) (*store, error) {
+	var st store
+	var err error
+	if cfg.SpoolDir != "" {
+		if st.spool, err = openSpool(cfg, buf, reg, log); err != nil {
+			log.Error("cannot open the spool", "dir", cfg.SpoolDir, "err", err)
+			return nil, err
+		}
+	}
+	if urls, ok := cfg.QueueURLs(); ok { // QUEUE_URL="," names no server
+		if st.queue, err = openQueue(cfg, urls, buf, dead, reg, log); err != nil {
+			log.Error("cannot open the queue", "err", err)
+			return nil, err
+		}
+	}
+	return &st, nil
+}
+
+func openSpool(cfg config.Config, buf *buffer.Buffer, reg prometheus.Registerer, log *slog.Logger) (*spool.Spool, error) {
+	mode, err := spool.ParseFsync(cfg.SpoolFsync)
+	if err != nil {
+		return nil, err
+	}
+	return spool.Open(buf, spool.Options{
+		Dir:           cfg.SpoolDir,
+		SegmentBytes:  int64(cfg.SpoolSegmentBytes),
+		MaxBytes:      int64(cfg.SpoolMaxBytes),
+		Fsync:         mode,
+		FsyncInterval: cfg.SpoolFsyncInterval,
+	}, reg, log)
+}
+
+// openQueue connects to NATS and creates the stream and consumer. Messages
+// the queue gives up on go to dead.
+func openQueue(cfg config.Config, urls []string, buf *buffer.Buffer, dead *deadletter.Writer, reg prometheus.Registerer, log *slog.Logger) (*queue.Queue, error) {
+	return queue.Open(buf, queue.Options{
+		URLs:         strings.Join(urls, ","),
+		Stream:       cfg.QueueStream,
+		Subject:      cfg.QueueSubject,
+		Replicas:     cfg.QueueReplicas,
+		MaxBytes:     int64(cfg.QueueMaxBytes),
+		MaxAge:       cfg.QueueMaxAge,
+		AckWait:      cfg.QueueAckWait,
+		MaxDeliver:   cfg.QueueMaxDeliver,
+		Creds:        cfg.QueueCreds,
+		TLSCA:        cfg.QueueTLSCA,
+		WaitTimeout:  cfg.WaitTimeout,
+		ClientTokens: cfg.ClientTokensUpstream(),
+		MaxBodyBytes: int(cfg.MaxBodyBytes),
+		DeadLetter:   dead.WriteRows,
+	}, reg, log)
+}
+
+// serveInto makes the server write accepted requests to the store instead
+// of the buffer. With the queue, /ready follows the NATS connection rather
+// than the buffer's fill: the buffer then holds what this replica fetched
+// to deliver, which says nothing about whether it can take writes.
+func (s *store) serveInto(o *proxy.Options) {
+	if s.spool != nil {
+		o.Store = s.spool
+	}
+	if s.queue != nil {
+		o.Store = s.queue
+		o.Ready = append(o.Ready, s.queue.Ready)
+		o.IgnoreBufferFill = true
+	}
+}
+
+// replay puts into the buffer what the spool holds from an earlier run,
+// until ctx ends; call it once the flusher runs, before the server does.
+func (s *store) replay(ctx context.Context, log *slog.Logger) {
+	if s.spool != nil {
+		n, err := s.spool.Replay(ctx)
+		log.Info("spool replayed", "events", n, "err", err)
+	}
+}
+
+// start runs the queue's bridge from the stream into the buffer until
+// stopTaking.
+func (s *store) start() {
+	if s.queue != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopBridge = cancel
+		s.bridge.Go(func() error { return s.queue.Run(ctx) })
+	}
+}
+
+// stopTaking refuses new writes to the queue and stops its bridge, waiting
+// for it; call it before the buffer closes. What the buffer holds is still
+// acked as the flusher drains.
+func (s *store) stopTaking() {
+	if s.queue != nil {
+		s.queue.CloseWrites()
+		s.stopBridge()
+		_ = s.bridge.Wait() // nil: the bridge logs and retries its own failures
+	}
+}
+
+// close naks what the queue was not told is done and closes its
+// connection, and closes the spool; call it after the flusher's Run
+// returned.
+func (s *store) close(log *slog.Logger) {
+	if s.queue != nil {
+		if err := s.queue.Close(); err != nil {
+			log.Warn("closing the NATS connection", "err", err)
+		}
+	}
+	if s.spool != nil {
+		if err := s.spool.Close(); err != nil {
+			log.Error("closing the spool", "err", err)
+		}
+	}
+}
