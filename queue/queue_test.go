@@ -350,7 +350,8 @@ func TestUnbufferableMessagesDeadLetter(t *testing.T) {
 }
 
 // TestFullStreamRefuses: a stream at QUEUE_MAX_BYTES refuses new requests
-// with buffer.ErrFull (the client's 429), counted as full.
+// with buffer.ErrFull (the client's 429), counted as full, and forgets a
+// refused wait=true request at once.
 func TestFullStreamRefuses(t *testing.T) {
 	ns := natstest.Start(t)
 	q := open(t, ns, newBuffer(), Options{Stream: "FULL", Subject: "full", MaxBytes: 4096})
@@ -364,6 +365,15 @@ func TestFullStreamRefuses(t *testing.T) {
 	}
 	wantCount(t, "publishes{full}", q.m.publishes.WithLabelValues(resultFull), 1)
 	wantCount(t, "publishes{error}", q.m.publishes.WithLabelValues(resultError), 0)
+	// A wait=true request refused so keeps nothing waiting for an outcome.
+	if err := q.PutWaiting(buffer.Key{Datasource: "events"}, [][]byte{line}, buffer.NewWaiter()); !errors.Is(err, buffer.ErrFull) {
+		t.Fatalf("wait=true past the stream's limit: %v; want buffer.ErrFull", err)
+	}
+	q.waits.mu.Lock()
+	defer q.waits.mu.Unlock()
+	if n := len(q.waits.m); n != 0 {
+		t.Errorf("%d wait=true entries kept for refused requests; want 0", n)
+	}
 }
 
 // TestHeldMessagesAreNotRedelivered: a message waiting in the buffer longer
