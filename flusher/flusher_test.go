@@ -38,9 +38,15 @@ func startFlusher(t *testing.T, up Sender, opts Options) *harness {
 // wires them.
 func startFlusherWithDeadLetters(t *testing.T, up Sender, opts Options, deadLetterDir string) *harness {
 	t.Helper()
+	return startFlusherLogging(t, up, opts, deadLetterDir, slog.New(slog.DiscardHandler))
+}
+
+// startFlusherLogging is startFlusherWithDeadLetters with the flusher's log
+// going to log.
+func startFlusherLogging(t *testing.T, up Sender, opts Options, deadLetterDir string, log *slog.Logger) *harness {
+	t.Helper()
 	buf := buffer.New(buffer.Options{MaxEvents: 1 << 20, MaxBytes: 1 << 28})
 	reg := prometheus.NewRegistry()
-	log := slog.New(slog.DiscardHandler)
 	dead, err := deadletter.New(deadLetterDir, reg, log)
 	if err != nil {
 		t.Fatal(err)

@@ -1,9 +1,13 @@
 package flusher
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,4 +151,38 @@ func TestFinalErrorIsDropped(t *testing.T) {
 	if got := testutil.ToFloat64(h.f.m.dropped.WithLabelValues(reasonUpstreamRejected)); got != 1 {
 		t.Errorf("dropped{reason=upstream_rejected} = %v; want 1", got)
 	}
+}
+
+// TestNoAlarmWhenAllIsWell: batches upstream acknowledges whole leave no
+// line at Warn or above in the log: an operator reading it at 3 a.m. sees
+// nothing to act on.
+func TestNoAlarmWhenAllIsWell(t *testing.T) {
+	var mu sync.Mutex
+	var logged bytes.Buffer
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	s := newScript()
+	h := startFlusherLogging(t, s, Options{FlushInterval: time.Millisecond}, "", log)
+	for i := range 5 {
+		h.put(t, buffer.Key{Datasource: "ds"}, event(i))
+	}
+	s.waitAcked(t, 5)
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if logged.Len() != 0 {
+		t.Errorf("warnings while every batch was acknowledged:\n%s", logged.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
