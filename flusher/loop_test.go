@@ -186,3 +186,18 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestAttemptsHaveNoDeadlineOfTheirOwn: outside the drain the flusher puts
+// no deadline of its own on a send (the upstream's UPSTREAM_TIMEOUT bounds
+// it), so a slow but healthy upstream is never cut short; only the drain's
+// deadline bounds an attempt (TestShutdownTimeoutAbandonsSendDuringDrain).
+func TestAttemptsHaveNoDeadlineOfTheirOwn(t *testing.T) {
+	s := newScript()
+	h := startFlusher(t, s, Options{FlushInterval: time.Millisecond})
+	h.put(t, buffer.Key{Datasource: "ds"}, event(0))
+	s.waitAcked(t, 1)
+	c := s.sends()[0]
+	if !c.Deadline.IsZero() && c.Deadline.Sub(c.At) < time.Hour {
+		t.Errorf("a send outside the drain had a deadline %s after it began; want none of the flusher's own", c.Deadline.Sub(c.At))
+	}
+}
