@@ -433,7 +433,7 @@ func (f *Flusher) heldBatches() []*batch {
 	out := f.leftover
 	for _, s := range f.streams {
 		out = append(out, s.ready...)
-		if s.open != nil && s.open.Rows > 0 {
+		if s.open != nil { // never empty: a batch opens to take rows
 			out = append(out, s.open)
 		}
 	}
