@@ -63,6 +63,9 @@ func TestCheckFile(t *testing.T) {
 	f(`{"a":1}`+"\n\n"+`  {"a":2}  `+"\r\n"+`{"a":3}`, 100, 3, "")
 	f(`{"a":1}`+"\n"+`[1]`+"\n", 100, 0, "line 2 is not a JSON object")
 	f("\n"+`{"a":"`+strings.Repeat("x", 100)+`"}`+"\n", 100, 0, "line 2 is longer than MAX_BODY_BYTES (100 bytes)")
+	f(`{"a":"`+strings.Repeat("x", 92)+`"}`+"\n", 100, 1, "")         // exactly MAX_BODY_BYTES
+	f(`{"a":"`+strings.Repeat("x", 99_992)+`"}`+"\n", 100_000, 1, "") // the same past the scanner's first 64 KiB
+	f(`{"a":"`+strings.Repeat("x", 93)+`"}`+"\n", 100, 0, "line 1 is longer than MAX_BODY_BYTES (100 bytes)")
 	f(rows(3)+`{"a":"`+strings.Repeat("x", 70_000)+`"}`, 100_000, 4, "")
 	f(rows(3)+`{"a":"`+strings.Repeat("x", 70_000)+`"}`, 65_536, 0, "line 4 is longer than MAX_BODY_BYTES (65536 bytes)")
 	absent := writeFile(t, "")
