@@ -165,3 +165,30 @@ func TestFeedInterrupted(t *testing.T) {
 		t.Errorf("got %+v; want %+v", got, want)
 	}
 }
+
+// TestFeedWholeEntries: a file of a whole number of Feed's entries (here
+// none, and exactly one) leaves nothing to wait for after the last: Wait
+// returns once the rows are delivered, not at its context's end.
+func TestFeedWholeEntries(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, 1000} {
+		buf := buffer.New(buffer.Options{MaxEvents: 5000, MaxBytes: 1 << 20})
+		sent, err := deadletter.Feed(context.Background(), buf, buffer.Key{Datasource: "ds"}, writeFile(t, rows(n)), 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range buf.Take(nil) { // the flusher's part: delivered
+			e.Waiter.AddPart()
+			e.Waiter.Finish(e.Rows, 0, nil)
+			buf.Release(e.Key, e.Rows, e.Data)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := sent.Wait(ctx); err != nil {
+			t.Errorf("%d rows: Wait: %v; want nil once they are delivered", n, err)
+		}
+		cancel()
+		if got, want := sent.Outcome(), (deadletter.ReplayOutcome{Rows: n, Delivered: n}); got != want {
+			t.Errorf("%d rows: got %+v; want %+v", n, got, want)
+		}
+	}
+}
