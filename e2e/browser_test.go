@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/tbproxy/tbproxy/internal/fakebird"
+	"github.com/tbproxy/tbproxy/internal/logbuf"
 )
 
 const browserDatasource = "browser_events"
@@ -117,7 +118,7 @@ func browserRun(t *testing.T, bin, pageURL string) browserResult {
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	var stdout bytes.Buffer
-	stderr := new(syncBuffer)
+	stderr := new(logbuf.Buffer)
 	cmd.Stdout, cmd.Stderr = &stdout, stderr
 	start := time.Now()
 	err := cmd.Run()

@@ -23,12 +23,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tbproxy/tbproxy/internal/fakebird"
+	"github.com/tbproxy/tbproxy/internal/logbuf"
 	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
@@ -78,27 +78,9 @@ func TestMain(m *testing.M) {
 	}())
 }
 
-// syncBuffer collects the child's stderr, which exec writes from a goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // command returns an unstarted child whose environment is exactly env, so
 // nothing from the test's own environment leaks in.
-func command(t *testing.T, env map[string]string) (*exec.Cmd, *syncBuffer) {
+func command(t *testing.T, env map[string]string) (*exec.Cmd, *logbuf.Buffer) {
 	t.Helper()
 	if binPath == "" {
 		t.Skip("needs the binary TestMain builds (skipped with -short)")
@@ -108,7 +90,7 @@ func command(t *testing.T, env map[string]string) (*exec.Cmd, *syncBuffer) {
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	stderr := new(syncBuffer)
+	stderr := new(logbuf.Buffer)
 	cmd.Stderr = stderr
 	return cmd, stderr
 }
@@ -118,7 +100,7 @@ type child struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	base   string // http://127.0.0.1:<port>
-	stderr *syncBuffer
+	stderr *logbuf.Buffer
 	done   chan struct{} // closed once the process has exited
 }
 

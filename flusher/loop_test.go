@@ -1,18 +1,16 @@
 package flusher
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/logbuf"
 	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
@@ -157,9 +155,8 @@ func TestFinalErrorIsDropped(t *testing.T) {
 // line at Warn or above in the log: an operator reading it at 3 a.m. sees
 // nothing to act on.
 func TestNoAlarmWhenAllIsWell(t *testing.T) {
-	var mu sync.Mutex
-	var logged bytes.Buffer
-	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var logged logbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	s := newScript()
 	h := startFlusherLogging(t, s, Options{FlushInterval: time.Millisecond}, "", log)
 	for i := range 5 {
@@ -169,22 +166,9 @@ func TestNoAlarmWhenAllIsWell(t *testing.T) {
 	if err := h.stop(t); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if logged.Len() != 0 {
-		t.Errorf("warnings while every batch was acknowledged:\n%s", logged.String())
+	if got := logged.String(); got != "" {
+		t.Errorf("warnings while every batch was acknowledged:\n%s", got)
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // TestAttemptsHaveNoDeadlineOfTheirOwn: outside the drain the flusher puts

@@ -2,19 +2,18 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/logbuf"
 	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
@@ -243,24 +242,6 @@ func TestBodyReadErrors(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines to log to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestNoTokenInLogs sends requests that fail in every way a client can make
 // them fail, each carrying a token in its header and its query, with the
 // log at debug level: no token appears in any line.
@@ -269,7 +250,7 @@ func TestNoTokenInLogs(t *testing.T) {
 		header = "hdr-SECRET-1234567890"
 		query  = "qry-SECRET-0987654321"
 	)
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	down, _ := net.Listen("tcp", "127.0.0.1:0")
 	downURL := "http://" + down.Addr().String()

@@ -1,14 +1,11 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/internal/logbuf"
 	"github.com/tbproxy/tbproxy/internal/natstest"
 	"github.com/tbproxy/tbproxy/internal/poll"
 )
@@ -429,9 +427,8 @@ func TestWaitEntriesExpire(t *testing.T) {
 // leaves no warning or error in the log: the log is for trouble.
 func TestQuietWhenAllIsWell(t *testing.T) {
 	ns := natstest.Start(t)
-	var logged bytes.Buffer
-	var mu sync.Mutex
-	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var logged logbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	buf := newBuffer()
 	q := openLogging(t, ns, buf, Options{Stream: "CALM", Subject: "calm"}, log)
 	// More messages than one fetch asks for: fetches that fill up and
@@ -456,22 +453,9 @@ func TestQuietWhenAllIsWell(t *testing.T) {
 	for _, w := range waiters {
 		<-w.Done()
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if logged.Len() != 0 {
-		t.Errorf("warnings in normal operation:\n%s", logged.String())
+	if got := logged.String(); got != "" {
+		t.Errorf("warnings in normal operation:\n%s", got)
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // TestOptionDefaults: what an operator sets is used as given; what is left
@@ -530,13 +514,10 @@ func TestWarnsWhenMaxPayloadIsTooSmall(t *testing.T) {
 		{(1 << 20) - messageOverhead + 1, true},
 		{0, false},
 	} {
-		var logged bytes.Buffer
-		var mu sync.Mutex
-		log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		var logged logbuf.Buffer
+		log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		openLogging(t, ns, newBuffer(), Options{Stream: "PAY", Subject: "pay", MaxBodyBytes: tc.maxBody}, log)
-		mu.Lock()
 		got := logged.String()
-		mu.Unlock()
 		if warned := strings.Contains(got, "max_payload") && strings.Contains(got, "MAX_BODY_BYTES"); warned != tc.warn {
 			t.Errorf("MAX_BODY_BYTES %d: logged %q; want a warning: %v", tc.maxBody, got, tc.warn)
 		}
