@@ -669,10 +669,9 @@ func TestOffsetsAfterAPrependedDoneRecord(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	buf2 := buffer.New(buffer.Options{MaxEvents: 100, MaxBytes: 1 << 20})
-	s2 := open(t, dir, buf2, Options{})
-	if n, err := s2.Replay(context.Background()); n != 1 || err != nil {
-		t.Fatalf("replayed %d (%v); want only the owed event", n, err)
+	s2, rows := replayed(t, dir, Options{})
+	if len(rows) != 1 {
+		t.Fatalf("replayed %q; want only the owed event", rows)
 	}
 	if c := testutil.ToFloat64(s2.m.corrupt); c != 0 {
 		t.Errorf("%v records counted corrupt after a clean shutdown; want 0", c)
