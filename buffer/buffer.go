@@ -34,6 +34,17 @@ type TooLargeError struct {
 func (e *TooLargeError) Error() string { return "buffer: request larger than " + e.Limit }
 func (e *TooLargeError) Unwrap() error { return ErrTooLarge }
 
+// FullError is ErrFull from a store whose own limit was reached (the
+// spool's disk): Limit names it and RetryAfter is the store's estimate of
+// when it has room again.
+type FullError struct {
+	Limit      string
+	RetryAfter time.Duration
+}
+
+func (e *FullError) Error() string { return "buffer: " + e.Limit + " full" }
+func (e *FullError) Unwrap() error { return ErrFull }
+
 // ErrClosed reports a Put after Close (HTTP 503: the process is draining).
 var ErrClosed = errors.New("buffer: closed")
 
@@ -163,16 +174,9 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 	if n == 0 {
 		return nil
 	}
-	if key.Token != "" && b.denied.has(key, time.Now()) {
-		return ErrDenied
-	}
-	size := n // one '\n' per line
-	for _, l := range lines {
-		size += len(l)
-	}
-	// Even in an empty buffer its key's name and token would be charged too.
-	if n > b.maxEvents || size+len(key.Datasource)+len(key.Token) > b.maxBytes {
-		return ErrTooLarge
+	size := Size(lines)
+	if err := b.Admits(key, n, size); err != nil {
+		return err
 	}
 	// Refuse early, without copying, when the buffer is visibly full: under
 	// overload this keeps the refusal path free of large allocations.
@@ -214,6 +218,37 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 
 	b.kick()
 	return nil
+}
+
+// Size is how many bytes lines take in the buffer: each line and its '\n'.
+func Size(lines [][]byte) int {
+	size := len(lines)
+	for _, l := range lines {
+		size += len(l)
+	}
+	return size
+}
+
+// Admits returns the error PutWaiting would return for n events of size
+// bytes (see Size) for key whatever the buffer held: ErrDenied for a denied
+// token, ErrTooLarge when they could never fit, else nil. A store that
+// keeps requests elsewhere until the buffer has room (the spool) refuses
+// with it what the buffer would never take.
+func (b *Buffer) Admits(key Key, n, size int) error {
+	if key.Token != "" && b.denied.has(key, time.Now()) {
+		return ErrDenied
+	}
+	// Even in an empty buffer its key's name and token would be charged too.
+	if n > b.maxEvents || size+len(key.Datasource)+len(key.Token) > b.maxBytes {
+		return ErrTooLarge
+	}
+	return nil
+}
+
+// Fits reports whether n more events of size bytes would fit now, from the
+// lock-free counters: a hint, as the answer may change at once.
+func (b *Buffer) Fits(n, size int) bool {
+	return b.fits(int(b.events.Load()), int(b.bytes.Load()), n, size)
 }
 
 // fits reports whether n more events of size bytes fit beside events and
@@ -297,6 +332,9 @@ func (b *Buffer) Close() {
 	b.mu.Unlock()
 	b.kick()
 }
+
+// Closed reports whether Close was called.
+func (b *Buffer) Closed() bool { return b.isClosed() }
 
 func (b *Buffer) isClosed() bool {
 	b.mu.Lock()

@@ -33,6 +33,16 @@ func (b *Buffer) RetryAfter(events, bytes int) time.Duration {
 	return min(max(time.Duration(secs*float64(time.Second)), time.Second), time.Minute)
 }
 
+// DrainRate returns the measured rate at which the consumer releases
+// events and bytes, per second; known is false before anything was
+// released.
+func (b *Buffer) DrainRate() (events, bytes float64, known bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.drain.roll(time.Now())
+	return b.drain.events, b.drain.bytes, b.drain.known
+}
+
 // drainRate is an exponentially weighted moving average of released events
 // and bytes per second, over one-second windows. Guarded by Buffer.mu.
 type drainRate struct {

@@ -33,6 +33,7 @@ type Waiter struct {
 	failure                 *Failure
 	done                    chan struct{}
 	onDone                  func(*Failure)
+	onAbandon               atomic.Pointer[func()]
 }
 
 // NewWaiter returns a Waiter with no pieces yet.
@@ -70,6 +71,19 @@ func (w *Waiter) Finish(successful, quarantined int, f *Failure) {
 			w.onDone(f)
 		}
 		close(w.done)
+	}
+}
+
+// OnAbandon registers fn to run, once, if the client stops waiting before
+// the outcome (Abandon): a store that holds the Waiter until it can hand
+// it to the buffer lets go of it then. At most one fn is kept.
+func (w *Waiter) OnAbandon(fn func()) { w.onAbandon.Store(&fn) }
+
+// Abandon says the client stopped waiting (its WAIT_TIMEOUT passed). The
+// rows are still delivered; only the Waiter is no longer needed.
+func (w *Waiter) Abandon() {
+	if fn := w.onAbandon.Swap(nil); fn != nil {
+		(*fn)()
 	}
 }
 
