@@ -109,7 +109,7 @@ func serve(cfg config.Config, log *slog.Logger, buf *buffer.Buffer, fl *flusher.
 	g, running := errgroup.WithContext(sigCtx) // ends at a signal, or when Serve fails
 	var lost error                             // the flusher's: acknowledged events it could not deliver
 	g.Go(func() error { lost = fl.Run(flushCtx); return nil })
-	st.replay(sigCtx, log) // before serving: what an earlier run acknowledged goes first
+	st.replay(log) // before serving: what an earlier run acknowledged goes first
 	st.start()
 	g.Go(func() error { return srv.Serve(ln) })
 
@@ -125,7 +125,7 @@ func serve(cfg config.Config, log *slog.Logger, buf *buffer.Buffer, fl *flusher.
 	// it while idle connections close; both within one SHUTDOWN_TIMEOUT.
 	srv.Drain()
 	time.Sleep(cfg.ShutdownDelay)
-	st.stopTaking()
+	st.stopTaking(cfg.ShutdownTimeout, log)
 	buf.Close()
 	stopFlusher() // nothing can be added any more: start delivering what is held
 	// The flusher answers every held wait=true request by SHUTDOWN_TIMEOUT

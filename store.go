@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
@@ -59,6 +60,8 @@ func openSpool(cfg config.Config, buf *buffer.Buffer, reg prometheus.Registerer,
 		MaxBytes:      int64(cfg.SpoolMaxBytes),
 		Fsync:         mode,
 		FsyncInterval: cfg.SpoolFsyncInterval,
+		MaxStreams:    cfg.MaxDatasources,
+		HighWatermark: cfg.BufferHighWatermark,
 	}, reg, log)
 }
 
@@ -84,12 +87,16 @@ func openQueue(cfg config.Config, urls []string, buf *buffer.Buffer, dead *deadl
 }
 
 // serveInto makes the server write accepted requests to the store instead
-// of the buffer. With the queue, /ready follows the NATS connection rather
-// than the buffer's fill: the buffer then holds what this replica fetched
-// to deliver, which says nothing about whether it can take writes.
+// of the buffer. /ready then follows the store rather than the buffer's
+// fill, which says nothing about whether it can take writes: the spool's
+// fill of SPOOL_MAX_BYTES (it accepts onto disk while the buffer is full),
+// or the NATS connection (the buffer holds what this replica fetched to
+// deliver).
 func (s *store) serveInto(o *proxy.Options) {
 	if s.spool != nil {
 		o.Store = s.spool
+		o.Ready = append(o.Ready, s.spool.Ready)
+		o.IgnoreBufferFill = true
 	}
 	if s.queue != nil {
 		o.Store = s.queue
@@ -98,12 +105,12 @@ func (s *store) serveInto(o *proxy.Options) {
 	}
 }
 
-// replay puts into the buffer what the spool holds from an earlier run,
-// until ctx ends; call it once the flusher runs, before the server does.
-func (s *store) replay(ctx context.Context, log *slog.Logger) {
+// replay queues what the spool holds from an earlier run ahead of every
+// new request; the spool feeds it to the buffer as the flusher makes room,
+// while the server already serves. Call it before the server starts.
+func (s *store) replay(log *slog.Logger) {
 	if s.spool != nil {
-		n, err := s.spool.Replay(ctx)
-		log.Info("spool replayed", "events", n, "err", err)
+		log.Info("spool recovered; replaying as the buffer has room", "events", s.spool.Recover())
 	}
 }
 
@@ -117,10 +124,20 @@ func (s *store) start() {
 	}
 }
 
-// stopTaking refuses new writes to the queue and stops its bridge, waiting
-// for it; call it before the buffer closes. What the buffer holds is still
-// acked as the flusher drains.
-func (s *store) stopTaking() {
+// stopTaking refuses new writes to the store; call it before the buffer
+// closes. The queue stops its bridge, waiting for it: what the buffer holds
+// is still acked as the flusher drains. The spool feeds its backlog on disk
+// to the buffer for up to timeout while the flusher still delivers, so a
+// shutdown with upstream up leaves nothing behind; what is left then stays
+// on disk for the next start.
+func (s *store) stopTaking(timeout time.Duration, log *slog.Logger) {
+	if s.spool != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if events, err := s.spool.CloseWrites(ctx); err != nil {
+			log.Warn("spool backlog not fed before SHUTDOWN_TIMEOUT; it stays on disk for the next start", "events", events)
+		}
+	}
 	if s.queue != nil {
 		s.queue.CloseWrites()
 		s.stopBridge()

@@ -128,17 +128,19 @@ func (s *Server) refuseStore(ctx *fasthttp.RequestCtx, err error, lines [][]byte
 	}
 	switch {
 	case errors.Is(err, buffer.ErrFull):
-		size := len(lines)
-		for _, l := range lines {
-			size += len(l)
+		body, wait := bodyBufferFull, time.Duration(0)
+		if full := (*buffer.FullError)(nil); errors.As(err, &full) { // the store's own limit: the spool's disk
+			body, wait = errorBody(full.Limit+" is full; retry after the time in Retry-After"), full.RetryAfter
+		} else {
+			wait = s.buf.RetryAfter(len(lines), buffer.Size(lines))
 		}
-		secs := retryAfterSeconds(s.buf.RetryAfter(len(lines), size))
+		secs := retryAfterSeconds(wait)
 		h := &ctx.Response.Header
 		h.Set(fasthttp.HeaderRetryAfter, secs)
 		h.Set("X-RateLimit-Limit", strconv.Itoa(s.buf.Stats().MaxEvents))
 		h.Set("X-RateLimit-Remaining", "0")
 		h.Set("X-RateLimit-Reset", secs)
-		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonBufferFull, bodyBufferFull, len(lines))
+		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonBufferFull, body, len(lines))
 		return
 	case errors.Is(err, buffer.ErrTooLarge):
 		body := bodyTooManyEvents
@@ -163,6 +165,7 @@ func (s *Server) await(ctx *fasthttp.RequestCtx, w *buffer.Waiter) {
 	select {
 	case <-w.Done():
 	case <-t.C:
+		w.Abandon() // a store holding it for rows still on disk lets it go
 		s.m.waitTimeouts.Inc()
 		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, strconv.Itoa(max(1, int(s.opts.WaitTimeout.Round(time.Second)/time.Second))))
 		writeError(ctx, fasthttp.StatusServiceUnavailable, bodyWaitTimeout)

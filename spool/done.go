@@ -7,10 +7,18 @@ import (
 )
 
 // cancel retires the record at off at once: its request was refused, so
-// it must never be replayed.
-func (s *Spool) cancel(seg *segment, off int64) {
+// it must never be replayed, nor fed if it was spilled (sp).
+func (s *Spool) cancel(seg *segment, off int64, sp *spilled) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if sp != nil {
+		r := ref{seq: seg.seq, offset: off}
+		delete(s.waiting, r)
+		if st := s.streams[sp.key]; st != nil {
+			s.canceled[r] = true
+			s.takeBacklogLocked(st, seg, 1, sp.rows, sp.size)
+		}
+	}
 	s.ackLocked(seg, off)
 	s.flushDoneLocked()
 }

@@ -34,26 +34,6 @@ func TestMaxBytesAtItsExactSize(t *testing.T) {
 	}
 }
 
-// TestFullBufferRefusalWritesNothing: a request the buffer has no room for
-// is refused before it is written, so an overloaded proxy does not spend
-// disk writes, or spool bytes, on requests it refuses.
-func TestFullBufferRefusalWritesNothing(t *testing.T) {
-	dir := t.TempDir()
-	buf := buffer.New(buffer.Options{MaxEvents: 2, MaxBytes: 1 << 20})
-	s, _, reg := openObserved(t, dir, buf, Options{FsyncInterval: time.Hour})
-	put(t, s, "ds", `{"a":1}`, `{"a":2}`)
-	size, gauge := diskBytes(t, dir), metric(t, reg, "tbproxy_spool_bytes")
-	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{"b":1}`), nil); !errors.Is(err, buffer.ErrFull) {
-		t.Fatalf("got %v; want ErrFull", err)
-	}
-	if got := diskBytes(t, dir); got != size {
-		t.Errorf("segments grew from %d to %d bytes for a refused request", size, got)
-	}
-	if got := metric(t, reg, "tbproxy_spool_bytes"); got != gauge {
-		t.Errorf("tbproxy_spool_bytes went from %v to %v for a refused request", gauge, got)
-	}
-}
-
 // TestRecordOverReadLimitRefused: a request whose record would be larger
 // than replay reads back (1 GiB) is refused with 413's error before
 // anything is written, instead of acknowledged and then lost at replay.

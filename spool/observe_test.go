@@ -206,7 +206,7 @@ func replayed(t *testing.T, dir string, opts Options) (*Spool, []string) {
 
 // framedLen is the size on disk of one request of rows for ds.
 func framedLen(ds string, rows ...string) int64 {
-	return int64(len(appendData(nil, syncMarker{}, buffer.Key{Datasource: ds}, lines(rows...))))
+	return int64(len(appendData(nil, syncMarker{}, buffer.Key{Datasource: ds}, lines(rows...), false, 0)))
 }
 
 // chattr sets or clears the immutable flag on path, and skips the test

@@ -3,19 +3,21 @@ package spool
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/internal/ndjson"
 )
 
-// Replay puts every record an earlier run left behind and did not retire
-// into the buffer, oldest first, waiting for room when the buffer is full
-// (the flusher must be running). Torn tails are cut off and corrupt records
-// skipped, both counted and logged; a segment of an unknown version is left
-// untouched. It returns how many events were replayed.
-func (s *Spool) Replay(ctx context.Context) (int, error) {
+// Recover makes every record an earlier run left behind and did not retire
+// part of the backlog, which the feeder hands to the buffer as room
+// appears, oldest first per stream, before anything written after it; it
+// does not wait for that (Replay does), so the proxy can serve at once,
+// however much waits on disk. Torn tails are cut off and corrupt records
+// skipped, both counted and logged; a segment of an unknown version is
+// left untouched. It returns how many events it found owed. Call it once,
+// before serving.
+func (s *Spool) Recover() int {
 	// First pass: check every segment, cut torn tails, and learn which
 	// records were retired (done records may sit in later segments).
 	retired := map[ref]bool{}
@@ -30,19 +32,34 @@ func (s *Spool) Replay(ctx context.Context) (int, error) {
 		}
 		good = append(good, seg)
 	}
-	// Second pass: hand over what is still owed.
+	// Second pass: count what is still owed.
 	events := 0
 	for _, seg := range good {
-		n, err := s.replaySegment(ctx, seg, retired)
-		events += n
-		if err != nil {
-			return events, err
-		}
+		events += s.recoverSegment(seg, retired)
 	}
 	s.mu.Lock()
 	s.old = nil
 	s.mu.Unlock()
-	return events, nil
+	return events
+}
+
+// Replay is Recover, then waits until the buffer took every event
+// recovered (the flusher must be running to make room), or ctx ends, or
+// the spool or the buffer closes. It returns how many events the buffer
+// took, and ctx.Err() or buffer.ErrClosed if it stopped before all of
+// them.
+func (s *Spool) Replay(ctx context.Context) (int, error) {
+	s.Recover()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.waitLocked(ctx, func() bool { return s.oldWaiting == 0 || s.buf.Closed() })
+	switch {
+	case s.oldWaiting == 0:
+		return s.fedOld, nil
+	case ctx.Err() != nil:
+		return s.fedOld, ctx.Err()
+	}
+	return s.fedOld, buffer.ErrClosed
 }
 
 // check scans seg, cuts a torn tail off, and counts corrupt records. False
@@ -85,31 +102,37 @@ func (s *Spool) check(seg *segment) (scanned, bool) {
 	return sc, true
 }
 
-func (s *Spool) replaySegment(ctx context.Context, seg *segment, retired map[ref]bool) (int, error) {
+// recoverSegment counts seg's owed records in the backlog and returns their
+// events. A record that fails the checks a request passes is retired at
+// once, counted as corrupt and logged: no client could have sent it.
+func (s *Spool) recoverSegment(seg *segment, retired map[ref]bool) int {
 	b, err := os.ReadFile(seg.path)
+	var sc scanned
+	if err == nil {
+		sc, err = scan(b)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("spool: %w", err)
+		s.m.corrupt.Inc()
+		s.log.Error("spool segment changed before it was replayed; left in place", "path", seg.path, "err", err)
+		return 0
 	}
-	sc, err := scan(b)
-	if err != nil {
-		return 0, fmt.Errorf("spool: %s changed during replay: %w", seg.path, err)
+	var modTime int64
+	if fi, err := os.Stat(seg.path); err == nil {
+		modTime = fi.ModTime().UnixNano() // version 2 records carry no time
 	}
-	var owed []record
-	for _, r := range sc.records {
-		if !retired[ref{seq: seg.seq, offset: r.offset}] {
-			owed = append(owed, r)
-		}
-	}
+	seg.old = true
+	seg.retired = make(map[int64]bool)
 	s.mu.Lock()
-	seg.pending = len(owed) + 1 // +1 until every record is handed over
+	defer s.mu.Unlock()
 	s.live[seg.seq] = seg
-	s.mu.Unlock()
-
+	seg.pending = 1 // until every record is counted: an early ack must not delete it
 	events := 0
 	var lines [][]byte
-	for _, r := range owed {
-		// What comes back from disk passes the checks a live request does:
-		// a record no client could have sent is not replayed.
+	for _, r := range sc.records {
+		if retired[ref{seq: seg.seq, offset: r.offset}] {
+			seg.retired[r.offset] = true
+			continue
+		}
 		var err error
 		lines, err = ndjson.Split(lines[:0], r.data)
 		switch {
@@ -123,34 +146,21 @@ func (s *Spool) replaySegment(ctx context.Context, seg *segment, retired map[ref
 			s.m.corrupt.Inc()
 			s.log.Error("spool record not replayed: it fails the checks a request passes", "path", seg.path,
 				"offset", r.offset, "events", r.rows, "err", err)
-			s.ack(seg, r.offset)
+			seg.retired[r.offset] = true
+			seg.pending++
+			s.ackLocked(seg, r.offset)
 			continue
 		}
-		w := buffer.NewWaiter()
-		off := r.offset
-		w.OnDone(func(f *buffer.Failure) {
-			if f == nil || !f.Retained {
-				s.ack(seg, off)
-			}
-		})
-		// Room appears as the flusher delivers.
-		switch err := s.buf.PutWait(ctx, r.key, lines, w); {
-		case err == nil:
-			events += r.rows
-			s.m.replayed.Add(float64(r.rows))
-		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
-			return events, err
-		default:
-			// It can never fit (a smaller buffer than the run that wrote
-			// it) or the buffer closed: say so; the segment stays.
-			s.log.Error("spool record not replayed", "path", seg.path, "events", r.rows, "err", err)
+		at := r.at
+		if at == 0 {
+			at = modTime
 		}
+		seg.pending++
+		s.addBacklogLocked(seg, r.offset, r.key, r.rows, len(r.data), at)
+		events += r.rows
 	}
-	s.mu.Lock()
-	seg.pending--
-	if seg.pending <= 0 {
+	if seg.pending--; seg.pending <= 0 {
 		s.removeLocked(seg)
 	}
-	s.mu.Unlock()
-	return events, nil
+	return events
 }

@@ -61,7 +61,7 @@ func TestReplayWaitsForRoom(t *testing.T) {
 }
 
 // TestReplayStopsWithItsContext: a replay waiting for room returns when
-// its context ends, with what it replayed so far; the rest stays owed.
+// its context ends; what the buffer did not deliver stays owed.
 func TestReplayStopsWithItsContext(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{FsyncInterval: time.Hour}
@@ -75,13 +75,13 @@ func TestReplayStopsWithItsContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	n, err := s2.Replay(ctx)
-	if n != 1 || !errors.Is(err, context.Canceled) {
-		t.Fatalf("Replay: got %d, %v; want 1 (all that fits), context.Canceled", n, err)
-	}
-	if got := buf.Take(nil); len(got) != 1 || string(got[0].Data) != `{"r":1}`+"\n" {
-		t.Errorf("buffered %+v; want only the first row", got)
+	if n > 1 || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Replay: got %d, %v; want at most 1 (all that fits), context.Canceled", n, err)
 	}
 	die(s2)
+	if got := buf.Take(nil); len(got) > 1 || (len(got) == 1 && string(got[0].Data) != `{"r":1}`+"\n") {
+		t.Errorf("buffered %+v; want at most the first row", got)
+	}
 	if _, rows := replayed(t, dir, opts); !slices.Equal(rows, []string{`{"r":1}`, `{"r":2}`}) {
 		t.Errorf("the next restart replayed %q; want both rows, still owed", rows)
 	}

@@ -69,7 +69,7 @@ func TestTornTailAccounting(t *testing.T) {
 		t.Fatalf("segments %v; want 1", segs)
 	}
 	whole := fileSize(t, segs[0])
-	torn := appendData(nil, s.sync, buffer.Key{Datasource: "ds"}, lines(`{"torn":3}`))
+	torn := appendData(nil, s.sync, buffer.Key{Datasource: "ds"}, lines(`{"torn":3}`), false, 0)
 	torn = torn[:len(torn)-3] // the write was interrupted 3 bytes short
 	f, err := os.OpenFile(segs[0], os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {

@@ -74,6 +74,7 @@ func (s *Spool) rollLocked() error {
 	}
 	s.nextSeq++
 	seg.f, seg.size, seg.marker = f, headerLen, s.sync[:]
+	s.syncedSize = headerLen
 	s.cur = seg
 	s.live[seg.seq] = seg
 	s.total += headerLen
@@ -143,6 +144,11 @@ func (s *Spool) removeLocked(seg *segment) {
 		return
 	}
 	delete(s.live, seg.seq)
+	for r := range s.canceled {
+		if r.seq == seg.seq {
+			delete(s.canceled, r)
+		}
+	}
 	if seg.gone {
 		s.total -= seg.size
 		return

@@ -10,17 +10,19 @@ import (
 	"github.com/tbproxy/tbproxy/buffer"
 )
 
-// Segment file format, version 2:
+// Segment file format, version 3:
 //
-//	header  "TBSPOOL" 0x02, sync marker          16 bytes
+//	header  "TBSPOOL" 0x03, sync marker          16 bytes
 //	record  sync marker                           8 bytes
 //	        payload length (little endian)      4 bytes
 //	        CRC-32C of length and payload       4 bytes
 //	        payload                             length bytes
 //
-// A payload is a kind byte and then, for kindData: the token, the datasource
-// (each a uvarint length and bytes), the row count (uvarint) and the rows as
-// NDJSON (every line ends in '\n'); for kindDone: a count and that many
+// A payload is a kind byte and then, for kindData: a flags byte (flagSpilled:
+// the rows were not put in memory when written, see backlog.go), when it was
+// written (Unix nanoseconds, 8 bytes little endian), the token, the
+// datasource (each a uvarint length and bytes), the row count (uvarint) and
+// the rows as NDJSON (every line ends in '\n'); for kindDone: a count and that many
 // (segment number, offset) pairs of data records, in any segment, that must
 // not be replayed: delivered, dropped, or refused after they were written.
 // Records are never rewritten; a record is retired by appending a kindDone
@@ -31,20 +33,26 @@ import (
 // every segment it starts, so no client can know it: rows and tokens are
 // client bytes, and a whole record hidden in them (a "done" record retiring
 // real rows, or rows for a datasource named ../../x) must never be taken
-// for a record. Version 1 used a fixed magic, 0xF1 0x7E 0x5B 0xC3, after an
-// 8-byte header; such segments, left by an older version, are still read.
+// for a record. Version 2 was version 3 with kindDataV2, a data record
+// without the flags and the time. Version 1 used a fixed magic, 0xF1 0x7E
+// 0x5B 0xC3, after an 8-byte header. Segments of both, left by an older
+// release, are still read; an older release leaves version 3 segments in
+// place rather than misread them.
 const (
-	headerLen = 16
-	syncLen   = 8
-	frameLen  = syncLen + 8
-	kindData  = 1
-	kindDone  = 2
+	headerLen  = 16
+	syncLen    = 8
+	frameLen   = syncLen + 8
+	kindDataV2 = 1
+	kindDone   = 2
+	kindData   = 3
+
+	flagSpilled = 1
 
 	headerLenV1 = 8
 )
 
 var (
-	header  = [8]byte{'T', 'B', 'S', 'P', 'O', 'O', 'L', 2}
+	header  = [8]byte{'T', 'B', 'S', 'P', 'O', 'O', 'L', 3}
 	magicV1 = []byte{0xF1, 0x7E, 0x5B, 0xC3}
 	crcTab  = crc32.MakeTable(crc32.Castagnoli)
 
@@ -71,12 +79,18 @@ func appendHeader(dst []byte, m syncMarker) []byte {
 	return append(append(dst, header[:]...), m[:]...)
 }
 
-// appendData appends one data record for key and lines, framed with m.
-func appendData(dst []byte, m syncMarker, key buffer.Key, lines [][]byte) []byte {
+// appendData appends one data record for key and lines, framed with m,
+// written at (Unix nanoseconds), spilled or not (see flagSpilled).
+func appendData(dst []byte, m syncMarker, key buffer.Key, lines [][]byte, spilled bool, at int64) []byte {
 	start := len(dst)
 	dst = append(dst, m[:]...)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0) // length and CRC, set below
-	dst = append(dst, kindData)
+	var flags byte
+	if spilled {
+		flags = flagSpilled
+	}
+	dst = append(dst, kindData, flags)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(at))
 	dst = binary.AppendUvarint(dst, uint64(len(key.Token)))
 	dst = append(dst, key.Token...)
 	dst = binary.AppendUvarint(dst, uint64(len(key.Datasource)))
@@ -92,7 +106,7 @@ func appendData(dst []byte, m syncMarker, key buffer.Key, lines [][]byte) []byte
 // recordSize is the payload size of the data record for key and lines,
 // without encoding it.
 func recordSize(key buffer.Key, lines [][]byte) int {
-	n := 1 + 3*binary.MaxVarintLen64 + len(key.Token) + len(key.Datasource) + len(lines)
+	n := 10 + 3*binary.MaxVarintLen64 + len(key.Token) + len(key.Datasource) + len(lines)
 	for _, l := range lines {
 		n += len(l)
 	}
@@ -134,10 +148,12 @@ func seal(dst []byte, start, n int) []byte {
 // record is one data record read back from a segment. Data aliases the
 // segment's bytes.
 type record struct {
-	offset int64
-	key    buffer.Key
-	rows   int
-	data   []byte // NDJSON, every line ends in '\n'
+	offset  int64
+	key     buffer.Key
+	rows    int
+	data    []byte // NDJSON, every line ends in '\n'
+	spilled bool   // written while the rows were not in memory
+	at      int64  // when it was written, Unix nanoseconds; 0 in version 2
 }
 
 // scanned is what a segment holds: its data records, the records (of any
@@ -166,7 +182,7 @@ func scan(b []byte) (scanned, error) {
 	switch b[len(header)-1] {
 	case 1:
 		sync = magicV1
-	case header[len(header)-1]:
+	case 2, header[len(header)-1]:
 		if len(b) < headerLen {
 			return out, errNotSegment
 		}
@@ -262,7 +278,15 @@ func decode(p []byte, off int64) (record, []ref, bool) {
 			return record{}, nil, false
 		}
 		return record{}, refs, true
-	case kindData:
+	case kindData, kindDataV2:
+		var r record
+		if kind == kindData {
+			if len(p) < 9 {
+				return record{}, nil, false
+			}
+			r.spilled, r.at = p[0]&flagSpilled != 0, int64(binary.LittleEndian.Uint64(p[1:9]))
+			p = p[9:]
+		}
 		token, p, ok := field(p)
 		if !ok {
 			return record{}, nil, false
@@ -279,7 +303,8 @@ func decode(p []byte, off int64) (record, []ref, bool) {
 		if len(data) == 0 || data[len(data)-1] != '\n' || uint64(bytes.Count(data, []byte{'\n'})) != rows {
 			return record{}, nil, false
 		}
-		return record{offset: off, key: buffer.Key{Token: string(token), Datasource: string(ds)}, rows: int(rows), data: data}, nil, true
+		r.offset, r.key, r.rows, r.data = off, buffer.Key{Token: string(token), Datasource: string(ds)}, int(rows), data
+		return r, nil, true
 	}
 	return record{}, nil, false
 }

@@ -31,7 +31,7 @@ func segmentOf(n int) ([]byte, []int) {
 	for i := range n {
 		offs = append(offs, len(b))
 		b = appendData(b, testMarker, buffer.Key{Token: "tok", Datasource: fmt.Sprintf("ds%d", i%2)},
-			lines(fmt.Sprintf(`{"i":%d,"s":"Zürich"}`, i), `{"second":true}`))
+			lines(fmt.Sprintf(`{"i":%d,"s":"Zürich"}`, i), `{"second":true}`), false, 0)
 	}
 	return b, offs
 }
@@ -91,11 +91,11 @@ func TestScanEmptyAndForeignFiles(t *testing.T) {
 		t.Errorf("empty file: got %v; want errNotSegment", err)
 	}
 	if _, err := scan(header[:]); !errors.Is(err, errNotSegment) {
-		t.Errorf("version 2 without its marker: got %v; want errNotSegment", err)
+		t.Errorf("version 3 without its marker: got %v; want errNotSegment", err)
 	}
-	v3 := append([]byte("TBSPOOL"), 3)
-	if _, err := scan(v3); !errors.Is(err, errUnknownVersion) {
-		t.Errorf("version 3: got %v; want errUnknownVersion", err)
+	v4 := append([]byte("TBSPOOL"), 4)
+	if _, err := scan(v4); !errors.Is(err, errUnknownVersion) {
+		t.Errorf("version 4: got %v; want errUnknownVersion", err)
 	}
 }
 
@@ -106,7 +106,7 @@ func segmentV1(n int) []byte {
 	for i := range n {
 		start := len(b)
 		b = append(b, magicV1...)
-		b = append(b, 0, 0, 0, 0, 0, 0, 0, 0, kindData)
+		b = append(b, 0, 0, 0, 0, 0, 0, 0, 0, kindDataV2)
 		b = binary.AppendUvarint(b, 0)
 		b = binary.AppendUvarint(b, 2)
 		b = append(b, "ds"...)
@@ -134,7 +134,7 @@ func forgedFrames() []byte {
 	var out []byte
 	for _, guess := range []syncMarker{{0xF1, 0x7E, 0x5B, 0xC3}, {}, {'T', 'B', 'S', 'P', 'O', 'O', 'L', 2}} {
 		out = appendDone(out, guess[:], []ref{{seq: 0, offset: headerLen}, {seq: 1, offset: headerLen}})
-		out = appendData(out, guess, buffer.Key{Datasource: "../../x"}, lines(`{"forged":1}`))
+		out = appendData(out, guess, buffer.Key{Datasource: "../../x"}, lines(`{"forged":1}`), false, 0)
 	}
 	// And the v1 framing exactly as version 1 wrote it.
 	return append(out, segmentV1(1)[headerLenV1:]...)
@@ -156,9 +156,9 @@ func TestForgedRecordsInClientBytes(t *testing.T) {
 		} else {
 			rows = lines(`{"s":"` + string(bytes.ReplaceAll(forged, []byte("\n"), nil)) + `"}`)
 		}
-		b = appendData(b, testMarker, key, rows)
+		b = appendData(b, testMarker, key, rows, false, 0)
 		second := len(b)
-		b = appendData(b, testMarker, buffer.Key{Datasource: "real"}, lines(`{"real":1}`))
+		b = appendData(b, testMarker, buffer.Key{Datasource: "real"}, lines(`{"real":1}`), false, 0)
 		for _, at := range []int{first + 2, first + 10, first + 14} { // the holder's marker, length, CRC
 			c := bytes.Clone(b)
 			c[at] ^= 0x40
@@ -219,9 +219,9 @@ func FuzzForgedRecords(f *testing.F) {
 		row = bytes.ReplaceAll(row, []byte("\n"), nil)
 		b := appendHeader(nil, testMarker)
 		first := len(b)
-		b = appendData(b, testMarker, buffer.Key{Token: string(token), Datasource: "ds"}, [][]byte{row})
+		b = appendData(b, testMarker, buffer.Key{Token: string(token), Datasource: "ds"}, [][]byte{row}, false, 0)
 		second := len(b)
-		b = appendData(b, testMarker, buffer.Key{Datasource: "real"}, lines(`{"real":1}`))
+		b = appendData(b, testMarker, buffer.Key{Datasource: "real"}, lines(`{"real":1}`), false, 0)
 		if at < 0 {
 			at = -at
 		}
@@ -262,10 +262,10 @@ func frame(dst []byte, m syncMarker, payload []byte) []byte {
 func TestScanFindsRecordAfterStrayBytes(t *testing.T) {
 	for _, n := range []int{1, 2, 7, 8, 9, 40} {
 		b := appendHeader(nil, testMarker)
-		b = appendData(b, testMarker, buffer.Key{Datasource: "before"}, lines(`{"a":1}`))
+		b = appendData(b, testMarker, buffer.Key{Datasource: "before"}, lines(`{"a":1}`), false, 0)
 		b = append(b, bytes.Repeat([]byte{'x'}, n)...)
 		after := len(b)
-		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"b":2}`))
+		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"b":2}`), false, 0)
 		sc, err := scan(b)
 		if err != nil {
 			t.Fatal(err)
@@ -298,7 +298,7 @@ func TestScanMalformedDoneRecordRetiresNothing(t *testing.T) {
 	} {
 		b, offs := segmentOf(2)
 		b = frame(b, testMarker, payload)
-		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"c":3}`))
+		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"c":3}`), false, 0)
 		sc, err := scan(b)
 		if err != nil {
 			t.Fatal(err)
@@ -316,7 +316,7 @@ func TestScanMalformedDoneRecordRetiresNothing(t *testing.T) {
 // of the process), and the record after it is still read.
 func TestScanFieldLongerThanItsRecord(t *testing.T) {
 	data := func(fields ...[]byte) []byte {
-		p := []byte{kindData}
+		p := append([]byte{kindData, 0}, make([]byte, 8)...) // no flags, time 0
 		for _, f := range fields {
 			p = append(p, f...)
 		}
@@ -333,7 +333,7 @@ func TestScanFieldLongerThanItsRecord(t *testing.T) {
 		b := appendHeader(nil, testMarker)
 		b = frame(b, testMarker, payload)
 		after := len(b)
-		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"b":2}`))
+		b = appendData(b, testMarker, buffer.Key{Datasource: "after"}, lines(`{"b":2}`), false, 0)
 		var sc scanned
 		var err error
 		func() {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,11 +29,19 @@ type Options struct {
 	MaxBytes      int64
 	Fsync         Fsync
 	FsyncInterval time.Duration // default 100ms
+	// MaxStreams bounds the streams (a datasource, and a token in
+	// pass-through mode) with records waiting on disk; a spill for another
+	// is refused with buffer.ErrTooManyDatasources (default 1000).
+	MaxStreams int
+	// HighWatermark is the fill of MaxBytes at which Ready reports the
+	// spool not ready (default 0.9).
+	HighWatermark float64
 }
 
-// Spool appends requests to segment files and hands them to a buffer. Safe
-// for concurrent use. Create one with Open; call Replay once, before
-// serving, and Close at the end.
+// Spool appends requests to segment files and hands them to a buffer, at
+// once or, when the buffer has no room, later (backlog.go). Safe for
+// concurrent use. Create one with Open; call Recover (or Replay) once,
+// before serving; CloseWrites and Close at the end.
 type Spool struct {
 	buf  *buffer.Buffer
 	opts Options
@@ -40,18 +49,19 @@ type Spool struct {
 	m    *metrics
 	enc  sync.Pool // of *[]byte
 
-	// mu protects the fields from cond to closed, and every segment's
+	// mu protects the fields from cond to syncedSize, and every segment's
 	// fields but seq and path, which never change; cond waits on it. Lock
-	// order: flushMu, then mu. The fields each concern uses (Open fills
-	// them before the spool is shared; Replay, the only writer of old after
-	// Open, reads it without mu):
+	// order: flushMu, then mu, then the buffer's. The fields each concern
+	// uses (Open fills them before the spool is shared; Recover, the only
+	// writer of old after Open, reads it without mu):
 	//
 	//	write (write.go)          cur total written done wbuf closed cond
 	//	retire (done.go)          cur live total done wbuf dirty undead
 	//	roll, remove (roll.go)    cur live total nextSeq written synced done dirty undead closed cond
 	//	fsync (sync.go)           cur written synced syncErr closed cond
 	//	replay (replay.go)        old live total
-	//	gauges (metrics.go)       old live total
+	//	gauges (metrics.go)       old live total, and the backlog's
+	//	backlog (backlog.go)      streams turns waiting canceled backlog* oldWaiting fedOld syncedSize, segments' waiting and firstAt
 	//	Close (this file)         cur closed cond, and through retire and remove
 	mu      sync.Mutex
 	cond    *sync.Cond // group commit: writers wait for synced >= their gen
@@ -68,6 +78,22 @@ type Spool struct {
 	dirty   []*segment // sealed segments with retired records not yet written down in them
 	undead  []*segment // segments done with whose file could not be deleted; retried
 	closed  bool
+	// writesClosed refuses new requests (CloseWrites) while the backlog is
+	// still fed.
+	writesClosed bool
+
+	// The backlog (backlog.go): records whose rows are not in the buffer.
+	streams        map[buffer.Key]*stream
+	turns          []*stream              // streams with records waiting, in the order they get their turn
+	waiting        map[ref]*buffer.Waiter // wait=true clients of records not fed yet
+	canceled       map[ref]bool           // spilled records refused after they were written: never fed
+	backlogEvents  int64                  // rows of the records waiting
+	backlogBytes   int64                  // and their bytes
+	oldWaiting     int                    // records of an earlier run's segments waiting
+	fedOld         int                    // events of those handed over so far
+	syncedSize     int64                  // bytes of cur covered by the last fsync (FsyncAlways)
+	growth         growthRate             // of total, for the time until full
+	backlogRecords atomic.Int64           // records waiting; read without mu to decide whether to spill
 
 	bg       sync.WaitGroup // doneLoop, in FsyncAlways mode syncLoop, and a roll's closing of the sealed file
 	bgCancel context.CancelFunc
@@ -95,11 +121,18 @@ type segment struct {
 	// segment's done records never live in another that may be deleted
 	// first.
 	done []int64
+	// old is a segment an earlier run left; retired holds the offsets of
+	// its data records that are not owed (built by Recover, then only
+	// read).
+	old     bool
+	retired map[int64]bool
+	waiting int   // records waiting to be fed (backlog.go)
+	firstAt int64 // when the oldest of them was written, Unix nanoseconds
 }
 
 // Open prepares dir (creating it, mode 0700: records hold client tokens in
 // pass-through mode), lists the segments an earlier run left behind for
-// Replay, and starts a new segment for new writes.
+// Recover, and starts a new segment for new writes.
 func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.Logger) (*Spool, error) {
 	if opts.SegmentBytes <= 0 {
 		opts.SegmentBytes = 64 << 20
@@ -109,6 +142,12 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	}
 	if opts.FsyncInterval <= 0 {
 		opts.FsyncInterval = 100 * time.Millisecond
+	}
+	if opts.MaxStreams <= 0 {
+		opts.MaxStreams = 1000
+	}
+	if opts.HighWatermark <= 0 {
+		opts.HighWatermark = 0.9
 	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -127,7 +166,8 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{buf: buf, opts: opts, log: log, live: make(map[uint64]*segment), lock: lock, sync: marker}
+	s := &Spool{buf: buf, opts: opts, log: log, live: make(map[uint64]*segment), lock: lock, sync: marker,
+		streams: make(map[buffer.Key]*stream), waiting: make(map[ref]*buffer.Waiter), canceled: make(map[ref]bool)}
 	s.cond = sync.NewCond(&s.mu)
 	names, err := filepath.Glob(filepath.Join(opts.Dir, "seg-*.spool"))
 	if err != nil {
@@ -188,6 +228,7 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
 	s.bg.Go(func() { s.doneLoop(ctx) })
+	s.bg.Go(func() { s.feed(ctx) })
 	if opts.Fsync == FsyncAlways {
 		s.bg.Go(s.syncLoop)
 	}
@@ -195,9 +236,39 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	return s, nil
 }
 
+// CloseWrites makes every later PutWaiting fail with buffer.ErrClosed, and
+// waits until the backlog on disk was fed to the buffer (the flusher must
+// be running), or ctx ends; then it returns the events still on disk and
+// ctx.Err(). They stay there for the next start.
+func (s *Spool) CloseWrites(ctx context.Context) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writesClosed = true
+	s.waitLocked(ctx, func() bool { return s.backlogRecords.Load() == 0 })
+	if s.backlogEvents > 0 {
+		return s.backlogEvents, ctx.Err()
+	}
+	return 0, nil
+}
+
+// waitLocked waits on cond until done holds, ctx ends or the spool closes.
+// s.mu is held.
+func (s *Spool) waitLocked(ctx context.Context, done func() bool) {
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer stop()
+	for !done() && ctx.Err() == nil && !s.closed {
+		s.cond.Wait()
+	}
+}
+
 // Close syncs and closes the current segment, deleting it if nothing in it
-// is still owed upstream. Segments with undelivered events stay for the
-// next start. Put fails with buffer.ErrClosed afterwards.
+// is still owed upstream. Segments with undelivered events, and the backlog
+// not yet fed, stay for the next start. Put fails with buffer.ErrClosed
+// afterwards.
 func (s *Spool) Close() error {
 	s.mu.Lock()
 	if s.closed {

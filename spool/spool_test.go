@@ -363,10 +363,10 @@ func TestVanishedSegmentIsReplaced(t *testing.T) {
 func TestReplayChecksRecords(t *testing.T) {
 	dir := t.TempDir()
 	b := appendHeader(nil, testMarker)
-	b = appendData(b, testMarker, buffer.Key{Datasource: "../../x"}, lines(`{"bad":"name"}`))
-	b = appendData(b, testMarker, buffer.Key{Token: "a\x00b", Datasource: "ds"}, lines(`{"bad":"token"}`))
-	b = appendData(b, testMarker, buffer.Key{Datasource: "ds"}, lines(`{"ok":1}`, `not json`))
-	b = appendData(b, testMarker, buffer.Key{Datasource: "ds"}, lines(`{"ok":2}`))
+	b = appendData(b, testMarker, buffer.Key{Datasource: "../../x"}, lines(`{"bad":"name"}`), false, 0)
+	b = appendData(b, testMarker, buffer.Key{Token: "a\x00b", Datasource: "ds"}, lines(`{"bad":"token"}`), false, 0)
+	b = appendData(b, testMarker, buffer.Key{Datasource: "ds"}, lines(`{"ok":1}`, `not json`), false, 0)
+	b = appendData(b, testMarker, buffer.Key{Datasource: "ds"}, lines(`{"ok":2}`), false, 0)
 	if err := os.WriteFile(filepath.Join(dir, "seg-0000000000000001.spool"), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -632,19 +632,25 @@ func TestSingleAckInSealedSegment(t *testing.T) {
 	}
 }
 
-// TestFillsTheBufferExactly: the spool's early refusal (not writing what
-// the buffer will refuse) lets through a request that exactly fills it.
+// TestFillsTheBufferExactly: the spool puts a request that exactly fills
+// the buffer into it, and spills only the one after.
 func TestFillsTheBufferExactly(t *testing.T) {
 	buf := buffer.New(buffer.Options{MaxEvents: 3, MaxBytes: 1 << 20})
-	s := open(t, t.TempDir(), buf, Options{})
+	s, _, reg := openObserved(t, t.TempDir(), buf, Options{})
 	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`, `{}`), nil); err != nil {
-		t.Fatalf("2 more in a buffer of 3 holding 1: %v", err)
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`, `{}`), nil); err != nil || buf.Len() != 3 {
+		t.Fatalf("2 more in a buffer of 3 holding 1: %v, %d buffered; want all 3 in the buffer", err, buf.Len())
 	}
-	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil); !errors.Is(err, buffer.ErrFull) {
-		t.Fatalf("one more: got %v; want ErrFull", err)
+	if got := metric(t, reg, "tbproxy_spool_spilled_events_total"); got != 0 {
+		t.Fatalf("%v events spilled; want none while they fit", got)
+	}
+	if err := s.PutWaiting(buffer.Key{Datasource: "ds"}, lines(`{}`), nil); err != nil {
+		t.Fatalf("one more: got %v; want it accepted onto disk", err)
+	}
+	if got := metric(t, reg, "tbproxy_spool_spilled_events_total"); got != 1 || buf.Len() != 3 {
+		t.Fatalf("%v events spilled, %d buffered; want the 4th spilled, the buffer still at 3", got, buf.Len())
 	}
 }
 
@@ -697,7 +703,7 @@ func TestSegmentsRollAtTheirSize(t *testing.T) {
 			t.Errorf("default SegmentBytes: %d segments for 20 small records; want 1", len(segs))
 		}
 		for _, seg := range segs {
-			framed := int64(len(appendData(nil, s.sync, buffer.Key{Datasource: "ds"}, lines(rec))))
+			framed := int64(len(appendData(nil, s.sync, buffer.Key{Datasource: "ds"}, lines(rec), false, 0)))
 			if segBytes > 0 && fileSize(t, seg) > segBytes+framed {
 				t.Errorf("%s is %d bytes; want at most SegmentBytes (%d) and one record", seg, fileSize(t, seg), segBytes)
 			}

@@ -72,7 +72,7 @@ func (s *Spool) syncLoop() {
 
 func (s *Spool) syncOnce() {
 	s.mu.Lock()
-	gen, f := s.written, s.cur.f
+	gen, f, cur, size := s.written, s.cur.f, s.cur, s.cur.size
 	if gen == s.synced || f == nil {
 		s.mu.Unlock()
 		return
@@ -84,6 +84,9 @@ func (s *Spool) syncOnce() {
 	case err == nil:
 		s.synced = max(s.synced, gen)
 		s.syncErr = nil
+		if cur == s.cur {
+			s.syncedSize = max(s.syncedSize, size)
+		}
 	case gen > s.synced: // not covered by a roll's own sync meanwhile
 		s.syncErr = err
 		s.log.Error("spool fsync failed", "err", err)
@@ -112,6 +115,7 @@ func (s *Spool) doneLoop(ctx context.Context) {
 			s.mu.Lock()
 			s.checkCurrentLocked()
 			s.flushDoneLocked()
+			s.growth.sample(time.Now(), s.total)
 			s.mu.Unlock()
 			s.flushSealed()
 			if s.opts.Fsync == FsyncInterval {

@@ -1,52 +1,94 @@
 package spool
 
 import (
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
 )
 
-// PutWaiting appends the request to the current segment, waits for it to be synced
-// if Fsync is FsyncAlways, and stores it in the buffer. When the buffer
-// refuses it, a cancel record makes sure it is never replayed. A failed
-// write (disk full, unwritable directory) returns an error wrapping
-// buffer.ErrStorage and leaves the segment as it was, so the next request
-// may succeed once there is room; a spool at MaxBytes refuses with
-// buffer.ErrFull. w, if not nil, is the waiting client's; Put may replace a
-// nil w with its own, to learn when the rows are done.
+// PutWaiting appends the request to the current segment, waits for it to
+// be synced if Fsync is FsyncAlways, and stores it in the buffer; when the
+// buffer has no room, or a backlog waits on disk before it, the request is
+// spilled: written down only, and fed to the buffer later (backlog.go), so
+// the disk bounds admission, not the buffer. When the buffer refuses it for
+// good (a denied token, too large), it is refused before it is written.
+// A failed write (disk full, unwritable directory) returns an error
+// wrapping buffer.ErrStorage and leaves the segment as it was, so the next
+// request may succeed once there is room; a spool at MaxBytes refuses with
+// a buffer.FullError. w, if not nil, is the waiting client's; Put may
+// replace a nil w with its own, to learn when the rows are done.
 func (s *Spool) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) error {
-	if len(lines) == 0 {
+	n := len(lines)
+	if n == 0 {
 		return nil
 	}
-	if st := s.buf.Stats(); st.Events+len(lines) > st.MaxEvents {
-		return buffer.ErrFull // do not write what the buffer will refuse
+	size := buffer.Size(lines)
+	if err := s.buf.Admits(key, n, size); err != nil {
+		return err
 	}
 	if recordSize(key, lines) > maxPayload {
 		// Written, it could never be read back: replay would skip it as
 		// corrupt after the client was told it was stored.
 		return &buffer.TooLargeError{Limit: "the spool's largest record (1 GiB)"}
 	}
+	if s.backlogRecords.Load() == 0 && s.buf.Fits(n, size) {
+		err := s.write(key, lines, size, w, false)
+		if !errors.Is(err, buffer.ErrFull) {
+			return err
+		}
+		// The buffer filled meanwhile: spill instead.
+	}
+	if s.buf.Closed() {
+		return buffer.ErrClosed
+	}
+	return s.write(key, lines, size, w, true)
+}
+
+// write appends the request, spilled or held, and for a held one stores it
+// in the buffer.
+func (s *Spool) write(key buffer.Key, lines [][]byte, size int, w *buffer.Waiter, spill bool) error {
 	ep, _ := s.enc.Get().(*[]byte)
 	if ep == nil {
 		ep = new([]byte)
 	}
-	rec := appendData((*ep)[:0], s.sync, key, lines)
+	now := time.Now().UnixNano()
+	rec := appendData((*ep)[:0], s.sync, key, lines, spill, now)
 	defer func() {
 		if cap(rec) <= 1<<20 {
 			*ep = rec
 			s.enc.Put(ep)
 		}
 	}()
-
-	seg, off, gen, err := s.append(rec)
+	var sp *spilled
+	if spill {
+		sp = &spilled{key: key, rows: len(lines), size: size, at: now, w: w}
+	}
+	seg, off, gen, err := s.append(rec, sp)
+	if errors.Is(err, errDiskFull) {
+		return &buffer.FullError{Limit: "the spool (SPOOL_MAX_BYTES)", RetryAfter: s.retryAfter(len(rec))}
+	}
 	if err != nil {
 		return err
 	}
 	if s.opts.Fsync == FsyncAlways {
 		if err := s.waitSynced(gen); err != nil {
-			s.cancel(seg, off)
+			s.cancel(seg, off, sp)
 			return err
 		}
+	}
+	if spill {
+		s.m.spilled.Add(float64(len(lines)))
+		if w != nil {
+			ref := ref{seq: seg.seq, offset: off}
+			w.OnAbandon(func() {
+				s.mu.Lock()
+				delete(s.waiting, ref)
+				s.mu.Unlock()
+			})
+		}
+		return nil
 	}
 	if w == nil {
 		w = buffer.NewWaiter()
@@ -57,17 +99,27 @@ func (s *Spool) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 		}
 	})
 	if err := s.buf.PutWaiting(key, lines, w); err != nil {
-		s.cancel(seg, off)
+		s.cancel(seg, off, nil)
 		return err
 	}
 	return nil
 }
 
-// append writes rec to the current segment, rolling it first if full.
-func (s *Spool) append(rec []byte) (*segment, int64, uint64, error) {
+// spilled is a request written to the backlog rather than the buffer.
+type spilled struct {
+	key        buffer.Key
+	rows, size int
+	at         int64          // when it was written, Unix nanoseconds
+	w          *buffer.Waiter // its waiting client's, if any
+}
+
+// append writes rec to the current segment, rolling it first if full. A
+// spilled request is counted in the backlog in the same critical section,
+// so the feeder never reads a record it does not know of.
+func (s *Spool) append(rec []byte, sp *spilled) (*segment, int64, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.writesClosed {
 		return nil, 0, 0, buffer.ErrClosed
 	}
 	// Roll first: sealing a segment whose events are all done deletes it,
@@ -79,7 +131,10 @@ func (s *Spool) append(rec []byte) (*segment, int64, uint64, error) {
 		}
 	}
 	if s.total+int64(len(rec)) > s.opts.MaxBytes {
-		return nil, 0, 0, buffer.ErrFull
+		return nil, 0, 0, errDiskFull
+	}
+	if sp != nil && s.streams[sp.key] == nil && len(s.streams) >= s.opts.MaxStreams {
+		return nil, 0, 0, buffer.ErrTooManyDatasources
 	}
 	seg, start := s.cur, s.cur.size
 	// Records retired since the last write go down in the same write.
@@ -99,8 +154,32 @@ func (s *Spool) append(rec []byte) (*segment, int64, uint64, error) {
 	s.total += int64(len(w))
 	seg.pending++
 	s.written++
-	s.cond.Broadcast() // the syncer, in FsyncAlways mode
+	if sp != nil {
+		s.addBacklogLocked(seg, off, sp.key, sp.rows, sp.size, sp.at)
+		if sp.w != nil {
+			s.waiting[ref{seq: seg.seq, offset: off}] = sp.w
+		}
+	}
+	s.cond.Broadcast() // the syncer, in FsyncAlways mode; the feeder
 	return seg, off, s.written, nil
+}
+
+// retryAfter estimates when the spool, full, has room for a record of n
+// bytes: the excess over MaxBytes at the rate the buffer's rows are
+// delivered (what retires records on disk), clamped to [1s, 60s]; 1s
+// before anything was delivered, 60s while nothing is.
+func (s *Spool) retryAfter(n int) time.Duration {
+	s.mu.Lock()
+	excess := float64(s.total + int64(n) - s.opts.MaxBytes)
+	s.mu.Unlock()
+	_, bytes, known := s.buf.DrainRate()
+	switch {
+	case !known:
+		return time.Second
+	case bytes <= 0:
+		return time.Minute
+	}
+	return min(max(time.Duration(excess/bytes*float64(time.Second)), time.Second), time.Minute)
 }
 
 // writeFailedLocked undoes a write to seg that began at start and failed
