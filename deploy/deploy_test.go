@@ -1,11 +1,15 @@
 // Package deploy_test checks the deployment assets in this directory (the
 // Grafana dashboard, Prometheus config and alert rules, the compose file and
-// the systemd unit) against each other, the README and docs/metrics.md.
+// the systemd unit) against each other, the README and docs/metrics.md, and
+// has promtool check the Prometheus config and unit-test the alert rules.
+// e2e/prometheus_test.go evaluates the dashboard's queries in a real
+// Prometheus scraping the proxy.
 package deploy_test
 
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -516,4 +520,110 @@ func checkSystemdUnit(t *testing.T, readme, unit string) {
 	if time.Duration(stop)*time.Second <= drain {
 		t.Errorf("tbproxy.service: TimeoutStopSec=%d must exceed SHUTDOWN_DELAY + SHUTDOWN_TIMEOUT = %s", stop, drain)
 	}
+}
+
+// findPromtool returns promtool's path. Without it the test is skipped
+// locally but fails under CI, where .ci/run installs Debian's prometheus
+// package (which brings promtool).
+func findPromtool(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("promtool")
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("promtool not found on PATH; .ci/run installs Debian's prometheus package")
+	}
+	t.Skip("promtool not found on PATH: install it (apt-get install prometheus) to check the rules and config")
+	return ""
+}
+
+// promtool runs promtool with args and fails the test, showing its output,
+// unless it succeeds.
+func promtool(t *testing.T, bin string, args ...string) {
+	t.Helper()
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		return
+	}
+	t.Logf("promtool %s:\n%s", strings.Join(args, " "), out)
+}
+
+// TestAlertRulesPromtool has Prometheus's own tool parse the alert rules and
+// run their unit tests (prometheus/alerts.test.yml), and checks that those
+// tests cover every alert both firing and staying quiet.
+func TestAlertRulesPromtool(t *testing.T) {
+	bin := findPromtool(t)
+	promtool(t, bin, "check", "rules", "prometheus/alerts.yml")
+	promtool(t, bin, "test", "rules", "prometheus/alerts.test.yml")
+
+	fires, quiet := alertTestCases(t, readText(t, "prometheus/alerts.test.yml"))
+	alerts := regexp.MustCompile(`(?m)^\s*- alert: (\S+)$`).FindAllStringSubmatch(readText(t, "prometheus/alerts.yml"), -1)
+	for _, m := range alerts {
+		if fires[m[1]] == 0 {
+			t.Errorf("alerts.test.yml: no case where %s fires", m[1])
+		}
+		if quiet[m[1]] == 0 {
+			t.Errorf("alerts.test.yml: no case where %s stays quiet", m[1])
+		}
+	}
+}
+
+// alertTestCases counts, per alert name, the alert_rule_test cases of a
+// promtool test file that expect it to fire (exp_alerts listed) and to stay
+// quiet (none listed). Line by line, like the other YAML checks here.
+func alertTestCases(t *testing.T, text string) (fires, quiet map[string]int) {
+	t.Helper()
+	fires, quiet = map[string]int{}, map[string]int{}
+	name, firing := "", false
+	flush := func() {
+		switch {
+		case name == "":
+		case firing:
+			fires[name]++
+		default:
+			quiet[name]++
+		}
+		name, firing = "", false
+	}
+	for _, line := range yamlLines(t, "alerts.test.yml", text) {
+		s := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(s, "- eval_time:"), strings.HasPrefix(s, "- name:"):
+			flush()
+		case strings.HasPrefix(s, "alertname:"):
+			name = strings.TrimSpace(strings.TrimPrefix(s, "alertname:"))
+		case strings.HasPrefix(s, "exp_alerts:") && s != "exp_alerts: []":
+			firing = true
+		}
+	}
+	flush()
+	return fires, quiet
+}
+
+// TestPrometheusConfigPromtool has promtool check prometheus.yml. Its
+// rule_files entry is the path compose mounts alerts.yml at
+// (/etc/prometheus/alerts.yml, checked by TestDeployAssets), which exists
+// only in the container: the file as shipped gets a syntax-only check, and
+// a copy pointing at this directory's alerts.yml gets the full one, which
+// loads the rules too.
+func TestPrometheusConfigPromtool(t *testing.T) {
+	bin := findPromtool(t)
+	promtool(t, bin, "check", "config", "--syntax-only", "prometheus/prometheus.yml")
+
+	const mounted = "- /etc/prometheus/alerts.yml"
+	config := readText(t, "prometheus/prometheus.yml")
+	if !strings.Contains(config, mounted) {
+		t.Fatalf("prometheus.yml: no rule_files entry %q", mounted)
+	}
+	rules, err := filepath.Abs("prometheus/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := filepath.Join(t.TempDir(), "prometheus.yml")
+	if err := os.WriteFile(local, []byte(strings.Replace(config, mounted, "- "+rules, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	promtool(t, bin, "check", "config", local)
 }

@@ -91,7 +91,7 @@ func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer, oldest func() tim
 		m.dropped.WithLabelValues(r)
 	}
 	// Present from the start, so dashboards and rate() see zeros, not gaps.
-	for _, code := range []string{"200", "202", "429", "500", "503", "error"} {
+	for _, code := range []string{"200", "202", "400", "403", "404", "413", "422", "429", "500", "503", "error"} {
 		m.upstreamRequests.WithLabelValues(code)
 	}
 	cs := []prometheus.Collector{
