@@ -4,8 +4,8 @@
 //
 // main only wires the packages together; see README.md. Its files: this one
 // (config → components → run → ordered shutdown), upstream.go, store.go,
-// options.go, signals.go, logger.go, and the subcommands replay.go and
-// healthcheck.go.
+// options.go, signals.go, logger.go, dirs.go, and the subcommands
+// replay.go, healthcheck.go and version.go.
 package main
 
 import (
@@ -35,6 +35,8 @@ func main() {
 			os.Exit(replay(os.Args[2:]))
 		case "healthcheck":
 			os.Exit(healthcheck())
+		case "version":
+			os.Exit(printVersion())
 		}
 	}
 	os.Exit(run())
@@ -50,6 +52,10 @@ func run() int {
 		return 2
 	}
 	log := newLogger(cfg)
+	if err := checkWritableDirs(cfg); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -88,7 +94,8 @@ func run() int {
 		return 1
 	}
 	warnUnauthenticated(cfg, log)
-	log.Info("listening", "addr", ln.Addr().String(), "config", cfg)
+	ver := readBuildVersion()
+	log.Info("listening", "addr", ln.Addr().String(), "version", ver.Module, "revision", ver.Revision, "config", cfg)
 	return serve(cfg, log, buf, fl, st, srv, ln)
 }
 
