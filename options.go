@@ -35,6 +35,7 @@ func flusherOptions(cfg config.Config, up flusher.Sender) flusher.Options {
 		// start, and the queue for another replica; dead-lettering it too
 		// would deliver it twice. QUEUE_URL="," names no server: no queue.
 		RetainOnShutdown: cfg.SpoolDir != "" || queue,
+		MaxStreams:       cfg.MaxDatasources,
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tbproxy/tbproxy/internal/fakebird"
 	"github.com/tbproxy/tbproxy/internal/natstest"
+	"github.com/tbproxy/tbproxy/internal/poll"
 )
 
 // TestE2EHealthcheck: the healthcheck subcommand, which container images use
@@ -66,6 +67,9 @@ func TestE2EMetricsMatchDocs(t *testing.T) {
 	spooled := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "SPOOL_DIR": t.TempDir()})
 	queued := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(),
 		"QUEUE_URL": natstest.Start(t).URL(), "QUEUE_MAX_BYTES": "64MiB"})
+	// One event delivered makes the per-datasource series exist.
+	post{ds: "metrics_docs", token: clientToken, lines: []string{`{"a":1}`}}.mustAccept(t, newClient(false), spooled.base)
+	poll.Until(t, "the event delivered", func() bool { return fb.RowCount() == 1 })
 	var exposed []string
 	for _, c := range []*child{spooled, queued} {
 		_, body := getStatus(t, c.base+"/metrics")

@@ -54,6 +54,9 @@ func (f *Flusher) send(ctx context.Context, b *batch, r *result, haveSlot bool) 
 			f.lastOK.Store(time.Now().UnixNano())
 		}
 		var re *upstream.RetryableError
+		if errors.As(err, &re) {
+			f.ledger.failed(b.Key, re, time.Now())
+		}
 		if retry && errors.As(err, &re) && re.MaxAttempts > 0 {
 			if bounded++; bounded >= re.MaxAttempts {
 				f.drop(b, &upstream.StatusError{Status: cmp.Or(re.Status, http.StatusBadGateway),
@@ -100,7 +103,9 @@ func (f *Flusher) delivered(b *batch, res upstream.Result, r *result, attempt in
 		"bytes", b.Bytes, "attempt", attempt, "took", took.String())
 	f.m.delivered.Add(float64(res.SuccessfulRows))
 	f.m.quarantined.Add(float64(res.QuarantinedRows))
-	if short := b.Rows - res.SuccessfulRows - res.QuarantinedRows; short > 0 {
+	short := b.Rows - res.SuccessfulRows - res.QuarantinedRows
+	f.ledger.delivered(b.Key, res, max(short, 0), time.Now())
+	if short > 0 {
 		f.m.dropped.WithLabelValues(reasonUpstreamShortAck).Add(float64(short))
 		f.log.Error("upstream acknowledged fewer rows than were sent", "datasource", b.Key.Datasource,
 			"sent", b.Rows, "successful_rows", res.SuccessfulRows, "quarantined_rows", res.QuarantinedRows,
@@ -130,6 +135,7 @@ func (f *Flusher) drop(b *batch, err error, r *result) {
 	}
 	f.m.dropped.WithLabelValues(failure.Reason).Add(float64(b.Rows))
 	path := f.dead.Write(&b.Batch, failure)
+	f.ledger.dropped(b.Key, b.Rows, failure, path != "", time.Now())
 	f.log.Error("batch dropped", "datasource", b.Key.Datasource, "events", b.Rows,
 		"reason", failure.Reason, "status", failure.Status, "err", err, "dead_letter", path)
 	if failure.Status == http.StatusForbidden && b.Key.Token != "" && f.opts.TokenDenyTTL > 0 {

@@ -59,6 +59,10 @@ type Options struct {
 	// drain could not deliver for the next start: it is then logged, not
 	// dead-lettered or counted as dropped, and Run returns nil.
 	RetainOnShutdown bool
+	// MaxStreams bounds the streams whose stats are kept for Streams, and
+	// the datasource label values of the per-datasource metrics (default
+	// 1000; MAX_DATASOURCES).
+	MaxStreams int
 }
 
 func (o *Options) setDefaults() {
@@ -115,6 +119,13 @@ type Flusher struct {
 
 	dead *deadletter.Writer // never nil; off when Options.DeadLetters is unset
 
+	// ledger keeps per-stream stats and the paused datasources; control
+	// wakes the loop for Flush and Resume, with flushes naming what to seal.
+	ledger  *ledger
+	control chan struct{} // capacity 1
+	ctlMu   sync.Mutex
+	flushes map[string]bool // datasources to seal now; "" for all
+
 	// Owned by the Run goroutine.
 	streams  map[buffer.Key]*stream
 	runnable []*stream // streams that may have a batch to start; see wake
@@ -164,6 +175,8 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 		results: make(chan result),
 		streams: make(map[buffer.Key]*stream),
 		dead:    opts.DeadLetters,
+		control: make(chan struct{}, 1),
+		flushes: make(map[string]bool),
 	}
 	if f.dead == nil {
 		f.dead = new(deadletter.Writer) // off: its zero value keeps nothing
@@ -173,6 +186,13 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 		return nil, fmt.Errorf("flusher: register metrics: %w", err)
 	}
 	f.m = m
+	dsm := newDSMetrics()
+	for _, c := range dsm.collectors() {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("flusher: register metrics: %w", err)
+		}
+	}
+	f.ledger = newLedger(opts.MaxStreams, dsm)
 	return f, nil
 }
 
@@ -207,6 +227,7 @@ func (f *Flusher) Run(ctx context.Context) error {
 	take := func() { // moves what the buffer queued into the streams
 		taken = f.buf.Take(taken)
 		now := time.Now()
+		f.ledger.taken(taken, now)
 		for _, e := range taken {
 			s := f.stream(e.Key)
 			wasOpen := s.open != nil
@@ -246,9 +267,12 @@ func (f *Flusher) Run(ctx context.Context) error {
 				nextFlush = t
 			}
 		case <-f.freed:
+		case <-f.control:
+			f.applyControl()
 		case <-done:
 			done = nil
 			draining = true
+			f.resumeAll() // a drain delivers everything, paused or not
 			deadline := time.Now().Add(f.opts.DrainTimeout)
 			f.drainDeadline.Store(deadline.UnixNano())
 			drainEnd = time.After(f.opts.DrainTimeout)
@@ -311,8 +335,9 @@ func (f *Flusher) sealDue(now time.Time) time.Time {
 
 // wake notes that s may have a batch ready to start. It keeps startSends
 // proportional to the streams that changed, not to every stream there is.
+// A paused datasource's streams are not woken: Resume wakes them.
 func (f *Flusher) wake(s *stream) {
-	if !s.runnable && s.inflight == nil && len(s.ready) > 0 && s.holdUntil.IsZero() {
+	if !s.runnable && s.inflight == nil && len(s.ready) > 0 && s.holdUntil.IsZero() && !f.ledger.isPaused(s.key.Datasource) {
 		s.runnable = true
 		f.runnable = append(f.runnable, s)
 	}
@@ -336,12 +361,16 @@ func (f *Flusher) startSends(ctx context.Context) {
 		}
 		started++
 		s.runnable = false
-		b := s.next(f.policy)
+		var b *batch
+		if !f.ledger.isPaused(s.key.Datasource) { // paused since it was woken: Resume wakes it again
+			b = s.next(f.policy)
+		}
 		if b == nil {
 			f.releaseSlot()
 			continue
 		}
 		f.m.inflight.Inc()
+		f.ledger.started(s.key, time.Now())
 		f.senders.Go(func() {
 			r := f.deliver(ctx, b)
 			r.s = s
@@ -367,6 +396,7 @@ func (f *Flusher) finish(r result, now time.Time) time.Time {
 	f.m.inflight.Dec()
 	r.s.inflight = nil
 	f.buf.Release(r.s.key, r.relRows, r.relData...)
+	f.ledger.finished(r.s.key, r.relRows, r.relData, now)
 	f.leftover = append(f.leftover, r.leftover...)
 	var until time.Time
 	if r.hold > 0 {
@@ -452,12 +482,17 @@ func (f *Flusher) Healthy() bool { return f.lastFailed.Load() <= f.lastOK.Load()
 
 func (f *Flusher) refreshOldest() {
 	var oldest int64
+	each := make(map[buffer.Key]int64, len(f.streams))
 	for _, s := range f.streams {
-		if t, ok := s.oldest(); ok && (oldest == 0 || t < oldest) {
-			oldest = t
+		if t, ok := s.oldest(); ok {
+			each[s.key] = t
+			if oldest == 0 || t < oldest {
+				oldest = t
+			}
 		}
 	}
 	f.oldestNanos.Store(oldest)
+	f.ledger.setOldest(each, time.Now())
 }
 
 func (f *Flusher) oldestAge() time.Duration {
@@ -466,4 +501,69 @@ func (f *Flusher) oldestAge() time.Duration {
 		return 0
 	}
 	return time.Since(time.Unix(0, n))
+}
+
+// Streams returns what the flusher knows of each stream, by datasource then
+// token id: held, accepted, delivered, dropped, in flight, upstream's last
+// answer, paused. Streams idle for 15 minutes are forgotten. Safe for
+// concurrent use.
+func (f *Flusher) Streams() []StreamStats { return f.ledger.snapshot() }
+
+// Pause holds delivery of datasource's streams: nothing more of it is sent
+// (a batch in flight finishes) until Resume, while the buffer keeps
+// accepting its events up to its limits. Pauses are per process, not
+// persisted, and lifted when the drain at shutdown starts. It reports
+// whether the datasource was not paused yet. Safe for concurrent use.
+func (f *Flusher) Pause(datasource string) bool { return f.ledger.setPaused(datasource, true) }
+
+// Resume lifts Pause; it reports whether the datasource was paused.
+func (f *Flusher) Resume(datasource string) bool {
+	ok := f.ledger.setPaused(datasource, false)
+	f.kickLoop() // wake its streams
+	return ok
+}
+
+// Flush sends what is held for datasource ("" for every one) now, without
+// waiting for FLUSH_INTERVAL; a paused datasource stays paused. Safe for
+// concurrent use.
+func (f *Flusher) Flush(datasource string) {
+	f.ctlMu.Lock()
+	f.flushes[datasource] = true
+	f.ctlMu.Unlock()
+	f.kickLoop()
+}
+
+// kickLoop makes the loop run applyControl.
+func (f *Flusher) kickLoop() {
+	select {
+	case f.control <- struct{}{}:
+	default: // a kick is pending and will see this one's work too
+	}
+}
+
+// applyControl runs on the loop: it seals the batches Flush asked for and
+// wakes every stream (Resume).
+func (f *Flusher) applyControl() {
+	f.ctlMu.Lock()
+	flushes := f.flushes
+	f.flushes = make(map[string]bool)
+	f.ctlMu.Unlock()
+	for _, s := range f.streams {
+		if s.open != nil && (flushes[""] || flushes[s.key.Datasource]) {
+			s.seal()
+		}
+		f.wake(s)
+	}
+}
+
+// resumeAll lifts every pause, for the drain.
+func (f *Flusher) resumeAll() {
+	for _, st := range f.ledger.snapshot() {
+		if st.Paused && f.ledger.setPaused(st.Datasource, false) {
+			f.log.Info("resuming a paused datasource for the shutdown drain", "datasource", st.Datasource)
+		}
+	}
+	for _, s := range f.streams {
+		f.wake(s)
+	}
 }
