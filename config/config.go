@@ -212,6 +212,16 @@ type Config struct {
 	// LogFormat is "json" or "text" (LOG_FORMAT, json).
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
 
+	// AdminToken turns on the operator console under /-/ and is what it
+	// asks for (ADMIN_TOKEN, unset: the console is off and /-/ answers
+	// 404). It is secret.
+	AdminToken string `env:"ADMIN_TOKEN"`
+
+	// AdminAddr, when set, serves /metrics and /-/ on this separate
+	// listener instead of the public port (ADMIN_ADDR, unset), e.g.
+	// 127.0.0.1:9091.
+	AdminAddr string `env:"ADMIN_ADDR"`
+
 	// ClickHousePassword is the ClickHouse user's password
 	// (CLICKHOUSE_PASSWORD, unset), for a clickhouse:// TINYBIRD_BASE_URL;
 	// Load moves a password written in the URL here. It is secret.
@@ -243,6 +253,7 @@ func Load(environ map[string]string) (Config, error) {
 	errs, failed := parseErrors(err, environ)
 
 	c.TinybirdToken = strings.TrimSpace(c.TinybirdToken)
+	c.AdminToken = strings.TrimSpace(c.AdminToken)
 	c.AuthorizationTokens = cleanList(c.AuthorizationTokens)
 	c.CORSAllowedOrigins = cleanList(c.CORSAllowedOrigins)
 	c.LogFormat = strings.ToLower(c.LogFormat)
@@ -343,6 +354,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_format", c.LogFormat),
 		slog.Bool("clickhouse_password_set", c.ClickHousePassword != ""),
+		slog.Bool("admin_token_set", c.AdminToken != ""),
+		slog.String("admin_addr", c.AdminAddr),
 		slog.Float64("clickhouse_allow_errors_ratio", c.ClickHouseAllowErrorsRatio),
 	)
 }
@@ -350,7 +363,7 @@ func (c Config) LogValue() slog.Value {
 // isSecret reports whether the variable's value must never appear in an
 // error or a log line.
 func isSecret(key string) bool {
-	return key == "TINYBIRD_TOKEN" || key == "AUTHORIZATION_TOKEN" || key == "CLICKHOUSE_PASSWORD" || key == "QUEUE_URL"
+	return key == "TINYBIRD_TOKEN" || key == "AUTHORIZATION_TOKEN" || key == "CLICKHOUSE_PASSWORD" || key == "QUEUE_URL" || key == "ADMIN_TOKEN"
 }
 
 // parseDuration replaces env's duration parser, whose message repeats the

@@ -168,6 +168,11 @@ func TestLoadInvalid(t *testing.T) {
 		{"batch size 0", map[string]string{"BATCH_SIZE": "0"}, `BATCH_SIZE: must be at least 1, got 0`},
 		{"wait timeout 0", map[string]string{"WAIT_TIMEOUT": "0s"}, `WAIT_TIMEOUT: must be greater than 0, got 0s`},
 		{"spool fsync unknown", map[string]string{"SPOOL_FSYNC": "sometimes"}, `SPOOL_FSYNC: must be always, interval or never, got "sometimes"`},
+		{"admin token short", map[string]string{"ADMIN_TOKEN": "short"}, `ADMIN_TOKEN: must be 16 to 4096 printable ASCII`},
+		{"admin token with a space", map[string]string{"ADMIN_TOKEN": "0123456789 abcdef"}, `ADMIN_TOKEN: must be 16 to 4096 printable ASCII`},
+		{"admin token a client's", map[string]string{"TINYBIRD_TOKEN": "p.up", "AUTHORIZATION_TOKEN": "client-0123456789abcdef", "ADMIN_TOKEN": "client-0123456789abcdef"}, `ADMIN_TOKEN: must differ from every AUTHORIZATION_TOKEN`},
+		{"admin addr not an address", map[string]string{"ADMIN_ADDR": "localhost"}, `ADMIN_ADDR: must be host:port or :port, got "localhost"`},
+		{"admin addr the public port", map[string]string{"ADMIN_ADDR": "127.0.0.1:8080"}, `ADMIN_ADDR: must not be the public PORT (8080)`},
 		{"spool max below a segment", map[string]string{"SPOOL_MAX_BYTES": "1MiB"}, `SPOOL_MAX_BYTES: 1MiB must be at least SPOOL_SEGMENT_BYTES (64MiB)`},
 		{"wait timeout junk", map[string]string{"WAIT_TIMEOUT": "soon"}, `WAIT_TIMEOUT: invalid duration "soon"`},
 		{"token deny ttl negative", map[string]string{"TOKEN_DENY_TTL": "-1s"}, `TOKEN_DENY_TTL: must not be negative, got -1s`},
@@ -315,18 +320,21 @@ func TestLoadClientTokensNeedUpstreamToken(t *testing.T) {
 func TestSecretsNeverLeak(t *testing.T) {
 	t.Parallel()
 	const (
-		upstream = "p.UPSTREAM-SECRET"
-		client   = "CLIENT-SECRET"
-		password = "hunter2"
+		upstream   = "p.UPSTREAM-SECRET"
+		client     = "CLIENT-SECRET"
+		password   = "hunter2"
+		admin      = "ADMIN-SECRET-0123456789"
+		adminShort = "ADMIN-SHORT"
 	)
-	secrets := []string{upstream, client, password}
+	secrets := []string{upstream, client, password, admin, adminShort}
 	broken := map[string]string{"PORT": "abc", "LOG_FORMAT": "xml", "BUFFER_HIGH_WATERMARK": "2"}
 	tests := []struct {
 		name    string
 		environ map[string]string
 		wantErr bool
 	}{
-		{"valid", map[string]string{"TINYBIRD_TOKEN": upstream, "AUTHORIZATION_TOKEN": client + ",other"}, false},
+		{"valid", map[string]string{"TINYBIRD_TOKEN": upstream, "AUTHORIZATION_TOKEN": client + ",other", "ADMIN_TOKEN": admin}, false},
+		{"admin token short", map[string]string{"ADMIN_TOKEN": adminShort}, true},
 		{"other errors", with(broken, "TINYBIRD_TOKEN", upstream, "AUTHORIZATION_TOKEN", client), true},
 		{"missing client tokens", map[string]string{"TINYBIRD_TOKEN": upstream}, true},
 		{"password in ftp URL", map[string]string{"TINYBIRD_BASE_URL": "ftp://user:" + password + "@host"}, true},

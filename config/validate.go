@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 )
 
@@ -71,6 +73,24 @@ func (c Config) validate(failed map[string]bool) []error {
 		// A client could never send such a token: the proxy refuses it at the door.
 		v.check(tokenShape(t, int(c.MaxTokenBytes)), "AUTHORIZATION_TOKEN",
 			"token %d of %d is not 1 to MAX_TOKEN_BYTES (%s) printable ASCII characters without spaces", i+1, len(c.AuthorizationTokens), c.MaxTokenBytes)
+	}
+	if c.AdminToken != "" {
+		// It guards pause and flush: a guessable one is a way in.
+		v.check(len(c.AdminToken) >= 16 && tokenShape(c.AdminToken, 4096), "ADMIN_TOKEN",
+			"must be 16 to 4096 printable ASCII characters without spaces (e.g. openssl rand -hex 24)")
+		for _, t := range c.AuthorizationTokens {
+			v.check(t != c.AdminToken, "ADMIN_TOKEN", "must differ from every AUTHORIZATION_TOKEN: clients must not hold the console's key")
+		}
+		v.check(c.AdminToken != c.TinybirdToken, "ADMIN_TOKEN", "must differ from TINYBIRD_TOKEN")
+	}
+	if c.AdminAddr != "" {
+		_, port, err := net.SplitHostPort(c.AdminAddr)
+		p, perr := strconv.Atoi(port)
+		valid := err == nil && perr == nil && p >= 0 && p <= 65535
+		v.check(valid, "ADMIN_ADDR", "must be host:port or :port, got %q", c.AdminAddr)
+		if valid {
+			v.check(p == 0 || p != c.Port, "ADMIN_ADDR", "must not be the public PORT (%d): the point is to keep /metrics and /-/ off it", c.Port)
+		}
 	}
 	v.check(len(c.CORSAllowedOrigins) > 0, "CORS_ALLOWED_ORIGINS", "must list at least one origin, or *")
 	v.check(c.TokenDenyTTL >= 0, "TOKEN_DENY_TTL", "must not be negative, got %s", c.TokenDenyTTL)
