@@ -4,8 +4,8 @@
 //
 // main only wires the packages together; see README.md. Its files: this one
 // (config → components → run → ordered shutdown), upstream.go, store.go,
-// options.go, signals.go, logger.go, dirs.go, and the subcommands
-// replay.go, healthcheck.go and version.go.
+// options.go, admin.go, signals.go, logger.go, dirs.go, and the subcommands
+// replay.go, healthcheck.go, status.go and version.go.
 package main
 
 import (
@@ -37,6 +37,8 @@ func main() {
 			os.Exit(healthcheck())
 		case "version":
 			os.Exit(printVersion())
+		case "status":
+			os.Exit(status(os.Args[2:]))
 		}
 	}
 	os.Exit(run())
@@ -83,7 +85,14 @@ func run() int {
 	if err != nil {
 		return 1 // openStore logged which store could not be opened
 	}
-	srv, err := proxy.New(buf, proxyOptions(cfg, fl, st, reg), reg, log)
+	adm, err := openAdmin(cfg, buf, fl, reg, log)
+	if err != nil {
+		log.Error("cannot listen", "admin_addr", cfg.AdminAddr, "err", err)
+		return 1
+	}
+	popts := proxyOptions(cfg, fl, st, reg)
+	adm.serveInto(&popts)
+	srv, err := proxy.New(buf, popts, reg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -96,7 +105,7 @@ func run() int {
 	warnUnauthenticated(cfg, log)
 	ver := readBuildVersion()
 	log.Info("listening", "addr", ln.Addr().String(), "version", ver.Module, "revision", ver.Revision, "config", cfg)
-	return serve(cfg, log, buf, fl, st, srv, ln)
+	return serve(cfg, log, buf, fl, st, adm, srv, ln)
 }
 
 // answerGrace is how long past SHUTDOWN_TIMEOUT the server waits for
@@ -106,7 +115,7 @@ const answerGrace = 2 * time.Second
 // serve runs the flusher, the store and the server on ln until a signal or
 // a server failure, then shuts them down in reverse start order, and
 // returns the exit status.
-func serve(cfg config.Config, log *slog.Logger, buf *buffer.Buffer, fl *flusher.Flusher, st *store, srv *proxy.Server, ln net.Listener) int {
+func serve(cfg config.Config, log *slog.Logger, buf *buffer.Buffer, fl *flusher.Flusher, st *store, adm *admin, srv *proxy.Server, ln net.Listener) int {
 	sigCtx, stopSignals := handleSignals(log)
 	defer stopSignals()
 	// The flusher has its own context: it must keep shipping while the
@@ -118,6 +127,7 @@ func serve(cfg config.Config, log *slog.Logger, buf *buffer.Buffer, fl *flusher.
 	g.Go(func() error { lost = fl.Run(flushCtx); return nil })
 	st.replay(log) // before serving: what an earlier run acknowledged goes first
 	st.start()
+	adm.start(log)
 	g.Go(func() error { return srv.Serve(ln) })
 
 	<-running.Done()
@@ -149,6 +159,7 @@ func serve(cfg config.Config, log *slog.Logger, buf *buffer.Buffer, fl *flusher.
 		status = 1
 	}
 	st.close(log)
+	adm.close()
 	log.Info("stopped", "exit_status", status)
 	return status
 }

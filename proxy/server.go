@@ -4,6 +4,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -80,6 +81,12 @@ type Options struct {
 	// Ready are more readiness checks (the JetStream queue's connection):
 	// any error answers /ready 503 with the error's text.
 	Ready []func() error
+	// Admin answers every path under /-/ (the operator console); nil
+	// answers them 404. They are never forwarded upstream and never get
+	// CORS headers.
+	Admin fasthttp.RequestHandler
+	// NoMetrics answers /metrics 404: it is served on ADMIN_ADDR instead.
+	NoMetrics bool
 }
 
 func (o *Options) setDefaults() {
@@ -269,8 +276,22 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	case "/ready":
 		s.onlyGet(ctx, s.ready)
 	case "/metrics":
-		s.onlyGet(ctx, s.metricsH)
+		if s.opts.NoMetrics {
+			writeError(ctx, fasthttp.StatusNotFound, bodyNotFound)
+		} else {
+			s.onlyGet(ctx, s.metricsH)
+		}
 	default:
+		if bytes.HasPrefix(ctx.Path(), adminPrefix) {
+			// The console's: not Tinybird's, so never forwarded with a
+			// token, and not callable from a browser on another origin.
+			if s.opts.Admin != nil {
+				s.opts.Admin(ctx)
+			} else {
+				writeError(ctx, fasthttp.StatusNotFound, bodyNotFound)
+			}
+			break
+		}
 		allowed := s.cors.allowOrigin(ctx)
 		switch {
 		case ctx.IsOptions():
@@ -285,6 +306,8 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	}
 	s.m.request(handlerOther, ctx.Response.StatusCode())
 }
+
+var adminPrefix = []byte("/-/")
 
 // requestTarget refuses what is not a request for a path on this server
 // (origin-form, RFC 9112 §3.2.1): CONNECT and TRACE, and a target in
