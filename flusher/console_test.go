@@ -32,11 +32,14 @@ func TestPauseHoldsOneDatasource(t *testing.T) {
 	if !h.f.Pause("held") || h.f.Pause("held") {
 		t.Fatal("Pause: want true the first time, false when already paused")
 	}
+	if st := streamOf(t, h.f, "held"); !st.Paused {
+		t.Fatal("a paused datasource with no events yet is not listed as paused")
+	}
 	h.put(t, buffer.Key{Datasource: "held"}, event(1))
 	h.put(t, buffer.Key{Datasource: "flows"}, event(2))
 	up.until(t, "flows delivered", func(calls []call) bool { return len(calls) == 1 && calls[0].acked() })
-	if st := streamOf(t, h.f, "held"); !st.Paused || st.HeldEvents != 1 || st.Delivered != 0 {
-		t.Fatalf("paused stream: %+v; want paused, 1 held, none delivered", st)
+	if st := streamOf(t, h.f, "held"); !st.Paused || st.HeldEvents != 1 || st.Delivered != 0 || st.Oldest.IsZero() {
+		t.Fatalf("paused stream: %+v; want paused, 1 held with its age, none delivered", st)
 	}
 	for _, c := range up.sends() {
 		if c.Datasource == "held" {

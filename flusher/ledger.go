@@ -134,6 +134,9 @@ func (l *ledger) taken(es []buffer.Entry, now time.Time) {
 	defer l.mu.Unlock()
 	for _, be := range es {
 		e := l.entryLocked(be.Key, now)
+		if e.HeldEvents == 0 { // the loop's refresh may not come before it idles
+			e.Oldest = time.Unix(0, be.Accepted)
+		}
 		e.Accepted += int64(be.Rows)
 		e.HeldEvents += int64(be.Rows)
 		e.HeldBytes += int64(len(be.Data))
@@ -239,17 +242,26 @@ func (l *ledger) setOldest(oldest map[buffer.Key]int64, now time.Time) {
 	}
 }
 
-// snapshot returns every stream's stats, by datasource then token id.
+// snapshot returns every stream's stats, by datasource then token id; a
+// paused datasource with no stream yet is listed too, so an operator sees
+// the pause on every replica.
 func (l *ledger) snapshot() []StreamStats {
 	paused := *l.paused.Load()
 	l.mu.Lock()
-	out := make([]StreamStats, 0, len(l.entries))
+	out := make([]StreamStats, 0, len(l.entries)+len(paused))
+	listed := make(map[string]bool, len(paused))
 	for _, e := range l.entries {
 		s := e.StreamStats
 		s.Paused = paused[s.Datasource]
+		listed[s.Datasource] = true
 		out = append(out, s)
 	}
 	l.mu.Unlock()
+	for ds := range paused {
+		if !listed[ds] {
+			out = append(out, StreamStats{Datasource: ds, Paused: true})
+		}
+	}
 	slices.SortFunc(out, func(a, b StreamStats) int {
 		if c := strings.Compare(a.Datasource, b.Datasource); c != 0 {
 			return c
