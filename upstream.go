@@ -40,6 +40,7 @@ func newUpstream(cfg config.Config, log *slog.Logger) (flusher.Sender, error) {
 			BaseURL:   up.BaseURL,
 			Token:     up.Token,
 			Wait:      cfg.UpstreamWait,
+			Zstd:      cfg.UpstreamEncoding == "zstd",
 			Timeout:   cfg.UpstreamTimeout,
 			MaxConns:  cfg.UpstreamConcurrency * 2,
 			UserAgent: "tbproxy",

@@ -76,6 +76,10 @@ type Config struct {
 	// rows are written (UPSTREAM_WAIT, true).
 	UpstreamWait bool `env:"UPSTREAM_WAIT" envDefault:"true"`
 
+	// UpstreamEncoding is how batches are compressed for a Tinybird
+	// upstream: gzip or zstd (UPSTREAM_ENCODING, gzip).
+	UpstreamEncoding string `env:"UPSTREAM_ENCODING" envDefault:"gzip"`
+
 	// UpstreamConcurrency is the most upstream requests in flight
 	// (UPSTREAM_CONCURRENCY, 4).
 	UpstreamConcurrency int `env:"UPSTREAM_CONCURRENCY" envDefault:"4"`
@@ -257,6 +261,7 @@ func Load(environ map[string]string) (Config, error) {
 	c.AuthorizationTokens = cleanList(c.AuthorizationTokens)
 	c.CORSAllowedOrigins = cleanList(c.CORSAllowedOrigins)
 	c.LogFormat = strings.ToLower(c.LogFormat)
+	c.UpstreamEncoding = strings.ToLower(c.UpstreamEncoding)
 	base, err := normalizeBaseURL(c.TinybirdBaseURL)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("TINYBIRD_BASE_URL: %w", err))
@@ -315,6 +320,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("flush_interval", c.FlushInterval.String()),
 		slog.String("max_body_bytes", c.MaxBodyBytes.String()),
 		slog.Bool("upstream_wait", c.UpstreamWait),
+		slog.String("upstream_encoding", c.UpstreamEncoding),
 		slog.Int("upstream_concurrency", c.UpstreamConcurrency),
 		slog.String("upstream_timeout", c.UpstreamTimeout.String()),
 		slog.String("retry_min_backoff", c.RetryMinBackoff.String()),

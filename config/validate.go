@@ -44,6 +44,10 @@ func (c Config) validate(failed map[string]bool) []error {
 			"%s is less than one request of MAX_BODY_BYTES (%s) can hold while it is read and decoded (%s): such a request would always be refused",
 			c.RequestMemoryBytes, c.MaxBodyBytes, ByteSize(need))
 	}
+	v.check(c.UpstreamEncoding == "gzip" || c.UpstreamEncoding == "zstd", "UPSTREAM_ENCODING", "must be gzip or zstd, got %q", c.UpstreamEncoding)
+	if c.UpstreamEncoding == "zstd" {
+		v.check(up.Kind == UpstreamTinybird, "UPSTREAM_ENCODING", "zstd is for a Tinybird upstream (TINYBIRD_BASE_URL http:// or https://); ClickHouse and the file sink take gzip or files")
+	}
 	v.check(c.UpstreamConcurrency >= 1 && c.UpstreamConcurrency <= 1024, "UPSTREAM_CONCURRENCY",
 		"must be between 1 and 1024, got %d", c.UpstreamConcurrency)
 	v.positive("UPSTREAM_TIMEOUT", c.UpstreamTimeout)

@@ -15,9 +15,25 @@ import (
 //
 //	go test ./upstream -run '^$' -bench Compress -benchmem -count 5
 func BenchmarkCompress(b *testing.B) {
-	var gz GzipPool
-	for _, perEntry := range []int{1, 100} {
-		b.Run(fmt.Sprintf("rows=100000/per_request=%d", perEntry), func(b *testing.B) {
+	for _, enc := range []struct {
+		name string
+		c    interface {
+			Compress(io.Writer, *Batch, io.Writer) error
+		}
+	}{{"gzip", new(GzipPool)}, {"zstd", new(ZstdPool)}} {
+		for _, perEntry := range []int{1, 100} {
+			b.Run(fmt.Sprintf("%s/rows=100000/per_request=%d", enc.name, perEntry), func(b *testing.B) {
+				benchCompress(b, enc.c, perEntry)
+			})
+		}
+	}
+}
+
+func benchCompress(b *testing.B, gz interface {
+	Compress(io.Writer, *Batch, io.Writer) error
+}, perEntry int) {
+	{
+		{
 			batch := &Batch{Key: buffer.Key{Datasource: "ds"}}
 			for i := 0; i < 100_000; i += perEntry {
 				var data []byte
@@ -39,7 +55,7 @@ func BenchmarkCompress(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N*batch.Rows)/b.Elapsed().Seconds(), "events/s")
 			b.ReportMetric(float64(batch.Bytes)/float64(out), "ratio")
-		})
+		}
 	}
 }
 

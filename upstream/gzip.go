@@ -37,20 +37,26 @@ func (g *GzipPool) Compress(dst io.Writer, b *Batch, tee io.Writer) error {
 	if tee != nil {
 		w = io.MultiWriter(c.zw, tee)
 	}
-	c.bw.Reset(w)
-	for _, p := range b.Parts {
+	if err := writeParts(c.bw, w, b.Parts); err != nil {
+		return err
+	}
+	return c.zw.Close()
+}
+
+// writeParts writes parts to w through bw: parts under 4 KiB are gathered
+// into bw's large writes, larger ones go straight to w.
+func writeParts(bw *bufio.Writer, w io.Writer, parts [][]byte) error {
+	bw.Reset(w)
+	for _, p := range parts {
 		var err error
 		if len(p) < 4<<10 {
-			_, err = c.bw.Write(p)
-		} else if err = c.bw.Flush(); err == nil { // large enough: no copy
+			_, err = bw.Write(p)
+		} else if err = bw.Flush(); err == nil { // large enough: no copy
 			_, err = w.Write(p)
 		}
 		if err != nil {
 			return err
 		}
 	}
-	if err := c.bw.Flush(); err != nil {
-		return err
-	}
-	return c.zw.Close()
+	return bw.Flush()
 }

@@ -51,14 +51,21 @@ func TestSendRequest(t *testing.T) {
 		wantToken  string
 		wantWait   string
 		wantStatus int
+		zstd       bool
 	}{
-		{"proxy token", true, buffer.Key{Datasource: "events"}, proxyToken, "true", 200},
-		{"pass-through token", true, buffer.Key{Token: "client-token", Datasource: "page_views"}, "client-token", "true", 200},
-		{"no wait", false, buffer.Key{Datasource: "events"}, proxyToken, "", 202},
+		{"proxy token", true, buffer.Key{Datasource: "events"}, proxyToken, "true", 200, false},
+		{"pass-through token", true, buffer.Key{Token: "client-token", Datasource: "page_views"}, "client-token", "true", 200, false},
+		{"no wait", false, buffer.Key{Datasource: "events"}, proxyToken, "", 202, false},
+		{"zstd", true, buffer.Key{Datasource: "events"}, proxyToken, "true", 200, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{proxyToken, "client-token"}})
-			res, err := newClient(t, fb.URL(), tc.wait, 5*time.Second).Send(context.Background(), batchOf(tc.key, testLines...))
+			c, err := New(Options{BaseURL: fb.URL(), Token: proxyToken, Wait: tc.wait, Timeout: 5 * time.Second, Zstd: tc.zstd})
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantEncoding := map[bool]string{false: "gzip", true: "zstd"}[tc.zstd]
+			res, err := c.Send(context.Background(), batchOf(tc.key, testLines...))
 			if want := (upstream.Result{Status: tc.wantStatus, SuccessfulRows: 3}); err != nil || res != want {
 				t.Fatalf("Send: %+v, %v; want %+v", res, err, want)
 			}
@@ -71,8 +78,8 @@ func TestSendRequest(t *testing.T) {
 				t.Errorf("name %q, token %q, wait %q; want %q, %q, %q",
 					r.Datasource, r.Token, r.Query.Get("wait"), tc.key.Datasource, tc.wantToken, tc.wantWait)
 			}
-			if ct := r.Header.Get("Content-Type"); r.Encoding != "gzip" || ct != "application/x-ndjson" {
-				t.Errorf("Content-Encoding %q, Content-Type %q; want gzip, application/x-ndjson", r.Encoding, ct)
+			if ct := r.Header.Get("Content-Type"); r.Encoding != wantEncoding || ct != "application/x-ndjson" {
+				t.Errorf("Content-Encoding %q, Content-Type %q; want %s, application/x-ndjson", r.Encoding, ct, wantEncoding)
 			}
 			var got []string
 			for _, l := range r.Lines {

@@ -7,6 +7,7 @@ package tinybird
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
 	"time"
@@ -33,15 +34,24 @@ type Options struct {
 	MaxConns int
 	// UserAgent is sent with every request.
 	UserAgent string
+	// Zstd sends batches zstd-compressed instead of gzip'd
+	// (UPSTREAM_ENCODING=zstd): faster, and 2-3x smaller on NDJSON, for an
+	// upstream that reads Content-Encoding: zstd.
+	Zstd bool
 }
 
-// Client sends batches to Tinybird's Events API as gzip'd NDJSON. It is
-// safe for concurrent use. Create one with New.
+// Client sends batches to Tinybird's Events API as gzip'd (or zstd) NDJSON.
+// It is safe for concurrent use. Create one with New.
 type Client struct {
-	opts   Options
-	base   endpoint.Endpoint
-	client *fasthttp.Client
-	gz     upstream.GzipPool
+	opts     Options
+	base     endpoint.Endpoint
+	client   *fasthttp.Client
+	encoding string
+	comp     compressor
+}
+
+type compressor interface {
+	Compress(dst io.Writer, b *upstream.Batch, tee io.Writer) error
 }
 
 // New returns an upstream for the Events API at opts.BaseURL.
@@ -56,9 +66,15 @@ func New(opts Options) (*Client, error) {
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = 16
 	}
+	encoding, comp := "gzip", compressor(new(upstream.GzipPool))
+	if opts.Zstd {
+		encoding, comp = "zstd", new(upstream.ZstdPool)
+	}
 	return &Client{
-		opts: opts,
-		base: base,
+		opts:     opts,
+		base:     base,
+		encoding: encoding,
+		comp:     comp,
 		client: &fasthttp.Client{
 			Name:                opts.UserAgent,
 			MaxConnsPerHost:     opts.MaxConns,
@@ -86,13 +102,13 @@ func (t *Client) Send(ctx context.Context, b *upstream.Batch) (upstream.Result, 
 	t.base.Point(req, []byte("/v0/events"), []byte(query))
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.SetContentType("application/x-ndjson")
-	req.Header.Set(fasthttp.HeaderContentEncoding, "gzip")
+	req.Header.Set(fasthttp.HeaderContentEncoding, t.encoding)
 	token := b.Key.Token
 	if token == "" {
 		token = t.opts.Token
 	}
 	req.Header.Set(fasthttp.HeaderAuthorization, "Bearer "+token)
-	if err := t.gz.Compress(req.BodyWriter(), b, nil); err != nil {
+	if err := t.comp.Compress(req.BodyWriter(), b, nil); err != nil {
 		return upstream.Result{}, fmt.Errorf("compress %d events: %w", b.Rows, err)
 	}
 
