@@ -47,3 +47,23 @@ func BenchmarkBatching(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLedger measures what the console's per-stream stats add to the
+// flusher's loop for each taken request (Streams, Pause and the
+// per-datasource metrics): one map lookup per request, one lock per Take.
+// Compare its ns per event with BenchmarkBatching's.
+//
+//	go test ./flusher -run '^$' -bench 'Batching|Ledger' -benchmem
+func BenchmarkLedger(b *testing.B) {
+	l := newLedger(1000, newDSMetrics())
+	entries := make([]buffer.Entry, 100_000)
+	for i := range entries {
+		entries[i] = buffer.Entry{Key: buffer.Key{Datasource: fmt.Sprintf("ds%d", i%4)}, Data: []byte("{}\n"), Rows: 1, Accepted: int64(i)}
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		l.taken(entries, now)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(entries)), "ns/event")
+}
