@@ -32,15 +32,27 @@ func (g *GzipPool) Compress(dst io.Writer, b *Batch, tee io.Writer) error {
 		c = &gzipper{zw: zw, bw: bufio.NewWriterSize(nil, 64<<10)}
 	}
 	defer g.p.Put(c)
-	c.zw.Reset(dst)
-	var w io.Writer = c.zw
+	return encode(c.zw, c.bw, dst, b, tee)
+}
+
+// encoder is a pooled compressing writer: gzip's or zstd's.
+type encoder interface {
+	io.WriteCloser
+	Reset(io.Writer)
+}
+
+// encode compresses b's parts into dst with zw, gathering small parts
+// through bw; tee, if not nil, sees the uncompressed bytes as well.
+func encode(zw encoder, bw *bufio.Writer, dst io.Writer, b *Batch, tee io.Writer) error {
+	zw.Reset(dst)
+	var w io.Writer = zw
 	if tee != nil {
-		w = io.MultiWriter(c.zw, tee)
+		w = io.MultiWriter(zw, tee)
 	}
-	if err := writeParts(c.bw, w, b.Parts); err != nil {
+	if err := writeParts(bw, w, b.Parts); err != nil {
 		return err
 	}
-	return c.zw.Close()
+	return zw.Close()
 }
 
 // writeParts writes parts to w through bw: parts under 4 KiB are gathered

@@ -29,13 +29,5 @@ func (z *ZstdPool) Compress(dst io.Writer, b *Batch, tee io.Writer) error {
 		c = &zstder{zw: zw, bw: bufio.NewWriterSize(nil, 64<<10)}
 	}
 	defer z.p.Put(c)
-	c.zw.Reset(dst)
-	var w io.Writer = c.zw
-	if tee != nil {
-		w = io.MultiWriter(c.zw, tee)
-	}
-	if err := writeParts(c.bw, w, b.Parts); err != nil {
-		return err
-	}
-	return c.zw.Close()
+	return encode(c.zw, c.bw, dst, b, tee)
 }
