@@ -5,7 +5,13 @@
 // measures what this machine can do with this listener stack; bench/perf.sh
 // reports every proxy figure as a ratio to it.
 //
+// With -bare it is fasthttp as it comes instead: a fasthttp.Server with
+// nothing set but the handler (default buffer sizes, limits and timeouts,
+// the body read whole before the handler runs), on a plain net.Listener,
+// the same handler. The proxy's accept path is measured against both.
+//
 //	ceiling -addr 127.0.0.1:8090
+//	ceiling -addr 127.0.0.1:8090 -bare
 package main
 
 import (
@@ -37,6 +43,7 @@ const (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8090", "address to listen on")
+	bare := flag.Bool("bare", false, "fasthttp's default server settings instead of the proxy's")
 	flag.Parse()
 
 	ln, err := net.Listen("tcp", *addr)
@@ -44,7 +51,30 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ceiling:", err)
 		os.Exit(1)
 	}
-	srv := &fasthttp.Server{
+	srv := proxyServer()
+	kind := "proxy settings"
+	if *bare {
+		// fasthttp's defaults: 4 KiB buffers, 4 MiB bodies read whole
+		// before the handler runs, no timeouts, 256k connections.
+		srv, kind = &fasthttp.Server{Handler: handle}, "fasthttp defaults"
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sig
+		srv.Shutdown()
+	}()
+	fmt.Fprintf(os.Stderr, "ceiling: %s\n", kind)
+	fmt.Fprintln(os.Stderr, "ceiling: listening on", ln.Addr())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+		fmt.Fprintln(os.Stderr, "ceiling:", err)
+		os.Exit(1)
+	}
+}
+
+// proxyServer is configured as proxy/server.go configures the proxy's.
+func proxyServer() *fasthttp.Server {
+	return &fasthttp.Server{
 		Handler:              handle,
 		Name:                 "tbproxy",
 		ReadTimeout:          readTimeout,
@@ -56,17 +86,6 @@ func main() {
 		ReadBufferSize:       maxHeaderBytes,
 		NoDefaultContentType: true,
 		CloseOnShutdown:      true,
-	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-sig
-		srv.Shutdown()
-	}()
-	fmt.Fprintln(os.Stderr, "ceiling: listening on", ln.Addr())
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
-		fmt.Fprintln(os.Stderr, "ceiling:", err)
-		os.Exit(1)
 	}
 }
 
@@ -80,6 +99,7 @@ var (
 // with StreamRequestBody every body arrives as a stream (already buffered
 // when small), and ctx.PostBody() on a stream logs a warning per request,
 // so the stream is copied into a pooled buffer, bounded by maxBodyBytes.
+// With -bare the body is already in memory and is used as it is.
 // Bodies are not decoded: a gzip'd request gets a meaningless row count.
 func handle(ctx *fasthttp.RequestCtx) {
 	var body []byte
