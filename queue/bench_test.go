@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -51,11 +52,46 @@ func BenchmarkAccept(b *testing.B) {
 	}
 }
 
-// run calls put from 64 goroutines and reports events/s and p99.
-func run(b *testing.B, events int, put func() error) {
+// BenchmarkPutWaitingGroupCommit measures the accept path at one ~240 B
+// event per request from 64 concurrent callers, with group commit and with
+// one message per request (NoGroupCommit, the path before it), against a
+// local nats-server: requests/s, the p99 of one PutWaiting and allocations
+// per request (this process's; the server's are its own).
+//
+// Recommended CLI invocation:
+//
+//	go test ./queue -run '^$' -bench PutWaitingGroupCommit -benchtime 3s
+func BenchmarkPutWaitingGroupCommit(b *testing.B) {
+	ns := natstest.Start(b)
+	lines := [][]byte{[]byte(`{"timestamp":"2026-11-23T10:00:00Z","session_id":"9c1d2f3e-4b5a-6c7d-8e9f-0a1b2c3d4e5f","action":"page_hit","version":"1","payload":{"path":"/pricing","referrer":"https://www.google.com/","locale":"en-US","agent":"Mozilla/5.0"}}`)}
+	callers := max(1, 64/runtime.GOMAXPROCS(0)) // RunParallel starts this many per GOMAXPROCS
+	for i, mode := range []string{"one-message-per-request", "group-commit"} {
+		b.Run("mode="+mode, func(b *testing.B) {
+			buf := buffer.New(buffer.Options{MaxEvents: 1 << 20, MaxBytes: 1 << 30})
+			q, err := Open(buf, Options{URLs: ns.URL(), Stream: fmt.Sprintf("GROUP%d", i), Subject: fmt.Sprintf("group%d", i),
+				MaxBytes: 1 << 30, NoGroupCommit: i == 0}, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer q.Close()
+			b.ReportAllocs()
+			runCallers(b, callers, 1, func() error { return q.PutWaiting(buffer.Key{Datasource: "bench"}, lines, nil) })
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+			_ = q.js.DeleteStream(b.Context(), q.opts.Stream)
+		})
+	}
+}
+
+// run calls put from 64 goroutines per GOMAXPROCS and reports events/s and
+// p99.
+func run(b *testing.B, events int, put func() error) { runCallers(b, 64, events, put) }
+
+// runCallers calls put from parallelism goroutines per GOMAXPROCS and
+// reports events/s and p99.
+func runCallers(b *testing.B, parallelism, events int, put func() error) {
 	var mu sync.Mutex
 	var all []time.Duration
-	b.SetParallelism(64)
+	b.SetParallelism(parallelism)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		var lat []time.Duration

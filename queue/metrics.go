@@ -24,6 +24,7 @@ const (
 
 type metrics struct {
 	publishes       *prometheus.CounterVec
+	published       prometheus.Counter // publishes{result="ok"}, counted per request
 	publishDuration prometheus.Histogram
 	fetched         prometheus.Counter
 	acked           prometheus.Counter
@@ -72,6 +73,7 @@ func newMetrics(reg prometheus.Registerer, held func() float64) (*metrics, error
 	for _, r := range []string{resultOK, resultFull, resultError, resultTooLarge} {
 		m.publishes.WithLabelValues(r)
 	}
+	m.published = m.publishes.WithLabelValues(resultOK)
 	for _, r := range []string{reasonMaxDeliver, reasonMalformed, reasonTooLarge, reasonDenied} {
 		m.deadLettered.WithLabelValues(r)
 	}

@@ -3,14 +3,17 @@
 // one durable pull consumer, so an acknowledged event survives the loss of
 // any single replica (issue #8).
 //
-// The accept path (PutWaiting) publishes one message per request and returns
-// only once JetStream acknowledged storing it. The bridge (Run) fetches
-// messages while the local buffer has room and puts each in the buffer with
-// a Waiter; the flusher batches and delivers as usual, and the Waiter's
-// outcome acks the message (delivered, or dropped with a reason) or naks it
-// (this replica shut down first: another replica gets it). A replica that
-// dies leaves its messages unacked, and JetStream redelivers them after the
-// consumer's ack wait: delivery is at-least-once.
+// The accept path (PutWaiting) publishes the requests that arrive together
+// as one message (group commit, commit.go) and returns only once JetStream
+// acknowledged storing it. The bridge (Run) fetches messages while the local
+// buffer has room, checks each request of a message on its own and puts it
+// in the buffer with a Waiter (requests of one key with no waiting client
+// share an entry); the flusher batches and delivers as usual, and once the
+// Waiters of all a message's entries are done the message is acked
+// (delivered, or dropped with a reason), or as soon as one is handed back
+// it is naked (this replica shut down first: another replica gets it). A
+// replica that dies leaves its messages unacked, and JetStream redelivers
+// them after the consumer's ack wait: delivery is at-least-once.
 package queue
 
 import (
@@ -34,8 +37,8 @@ import (
 	"github.com/tbproxy/tbproxy/internal/redact"
 )
 
-// Message headers. The body is the request's NDJSON lines, each ending in
-// '\n'.
+// Headers of a single-request message (see group.go for the formats). The
+// body is the request's NDJSON lines, each ending in '\n'.
 const (
 	hdrDatasource = "Tbproxy-Datasource"
 	hdrRows       = "Tbproxy-Rows"
@@ -47,7 +50,9 @@ const (
 	hdrReply = "Tbproxy-Reply"
 )
 
-// messageOverhead is room kept in a message for its headers.
+// messageOverhead is room kept in a message for its headers, and in a
+// group for a record's fixed part, datasource and reply (all but the
+// token, which is counted as it comes).
 const messageOverhead = 1024
 
 // Options configure a Queue. Zero values are replaced by the defaults noted.
@@ -92,9 +97,14 @@ type Options struct {
 	// mode). A message read from the stream must then carry one, else none:
 	// the proxy never publishes anything else.
 	ClientTokens bool
-	// DeadLetter, when set, writes a terminated message's rows where the
+	// DeadLetter, when set, writes a dead-lettered request's rows where the
 	// flusher writes its dead letters (DEAD_LETTER_DIR) and returns the file.
 	DeadLetter func(key buffer.Key, data []byte, rows int, f *buffer.Failure) string
+	// NoGroupCommit publishes every request as a message of its own, in the
+	// single-request format, as versions before group commit did: their
+	// bridges cannot read group messages (docs/replicas.md, upgrading). It
+	// is also the baseline of BenchmarkPutWaitingGroupCommit.
+	NoGroupCommit bool
 }
 
 func (o *Options) setDefaults() {
@@ -155,6 +165,20 @@ type Queue struct {
 	waits  waits
 	held   held
 
+	// Group commit (commit.go): PutWaiting queues requests on in, the
+	// committer publishes groups of them and hands each to the answerer on
+	// sent. slots holds a token per group awaiting its PubAck.
+	in         chan *pending
+	sent       chan *group
+	slots      chan struct{}
+	committing sync.WaitGroup // the committer and the answerer
+	pendings   sync.Pool      // of *pending
+	groups     sync.Pool      // of *group, with their bodies
+	// gate is held for reading while a request enters in, and for writing
+	// to close in: no request is queued after the committer's last look.
+	gate     sync.RWMutex
+	inClosed bool // protected by gate
+
 	closed atomic.Bool // CloseWrites was called
 	bg     sync.WaitGroup
 	stopBG context.CancelFunc
@@ -212,7 +236,13 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	if nc.IsConnected() {
 		q.m.connected.Set(1)
 	}
-	q.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192), jetstream.WithPublishAsyncTimeout(opts.PublishTimeout))
+	// The committer keeps its groups in flight under this bound, so it never
+	// stalls in PublishMsgAsync; one message per request pipelines more.
+	maxPending := groupsInFlight
+	if opts.NoGroupCommit {
+		maxPending = 8192
+	}
+	q.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending), jetstream.WithPublishAsyncTimeout(opts.PublishTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("queue: %w", err)
@@ -224,6 +254,13 @@ func Open(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog
 	if mp := nc.MaxPayload(); opts.MaxBodyBytes > 0 && int64(opts.MaxBodyBytes)+messageOverhead > mp {
 		log.Warn("nats-server's max_payload is below MAX_BODY_BYTES: larger requests will get 413; raise max_payload in the server's configuration (up to 64MB) or lower MAX_BODY_BYTES",
 			"max_payload", mp, "max_body_bytes", opts.MaxBodyBytes)
+	}
+	if !opts.NoGroupCommit {
+		q.in = make(chan *pending, commitQueue)
+		q.sent = make(chan *group, groupsInFlight)
+		q.slots = make(chan struct{}, groupsInFlight)
+		q.committing.Go(q.commit)
+		q.committing.Go(q.answer)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	q.stopBG = cancel
@@ -278,13 +315,17 @@ func (q *Queue) setup() error {
 	return nil
 }
 
-// PutWaiting publishes the request as one message and returns nil once
-// JetStream acknowledged storing it. It blocks for at most PublishTimeout.
-// A stream at its limits gives buffer.ErrFull; NATS unreachable, a timeout
-// or a missing stream an error wrapping buffer.ErrStorage; a request above
-// the server's max_payload buffer.ErrTooLarge; after CloseWrites
-// buffer.ErrClosed. lines are copied; the caller may reuse them. w, when not
-// nil, is finished when the replica that delivers the rows reports back.
+// PutWaiting publishes the request, in a group with the requests arriving
+// with it, and returns nil once JetStream acknowledged storing that group's
+// message. It blocks for at most about twice PublishTimeout: its group may
+// wait for the groups ahead of it to be answered. A stream at its limits
+// gives buffer.ErrFull; NATS
+// unreachable, a timeout or a missing stream an error wrapping
+// buffer.ErrStorage; a request above the server's max_payload
+// buffer.ErrTooLarge; after CloseWrites buffer.ErrClosed. A failed publish
+// fails every request of its group alike. lines are copied; the caller may
+// reuse them. w, when not nil, is finished when the replica that delivers
+// the rows reports back.
 func (q *Queue) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) error {
 	if len(lines) == 0 {
 		return nil
@@ -296,14 +337,44 @@ func (q *Queue) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 		q.m.publishes.WithLabelValues(resultError).Inc()
 		return fmt.Errorf("%w: not connected to NATS", buffer.ErrStorage)
 	}
-	size := len(lines)
-	for _, l := range lines {
-		size += len(l)
-	}
-	if mp := q.nc.MaxPayload(); int64(size)+messageOverhead > mp {
+	// Checked here, alone: a group never holds a request that would make
+	// its message too large, so its neighbours never fail for it.
+	size := buffer.Size(lines)
+	if mp := q.nc.MaxPayload(); int64(size+len(key.Token))+messageOverhead > mp {
 		q.m.publishes.WithLabelValues(resultTooLarge).Inc()
 		return &buffer.TooLargeError{Limit: fmt.Sprintf("the queue's message limit (nats-server max_payload, %d bytes)", mp)}
 	}
+	var reply, waitID string
+	if w != nil {
+		w.AddPart() // before publishing: the outcome may arrive before the PubAck
+		waitID = q.waits.add(w, time.Now().Add(q.opts.WaitTimeout+5*time.Second))
+		reply = q.procID + "." + waitID
+	}
+	start := time.Now()
+	var err error
+	if q.opts.NoGroupCommit {
+		err = q.publishOne(key, lines, size, reply)
+	} else {
+		p := q.newPending()
+		p.key, p.lines, p.size, p.reply = key, lines, recordLen(key, reply, size), reply
+		err = q.commitRequest(p)
+		p.key, p.lines, p.reply = buffer.Key{}, nil, ""
+		q.pendings.Put(p)
+	}
+	q.m.publishDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		if waitID != "" {
+			q.waits.take(waitID)
+		}
+		return err
+	}
+	q.m.published.Inc()
+	return nil
+}
+
+// publishOne publishes the request as a single-request message
+// (NoGroupCommit) and waits for its PubAck.
+func (q *Queue) publishOne(key buffer.Key, lines [][]byte, size int, reply string) error {
 	msg := nats.NewMsg(q.opts.Subject + "." + key.Datasource)
 	data := make([]byte, 0, size)
 	for _, l := range lines {
@@ -316,47 +387,30 @@ func (q *Queue) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 	if key.Token != "" {
 		msg.Header.Set(hdrToken, key.Token)
 	}
-	var waitID string
-	if w != nil {
-		w.AddPart() // before publishing: the outcome may arrive before the PubAck
-		waitID = q.waits.add(w, time.Now().Add(q.opts.WaitTimeout+5*time.Second))
-		msg.Header.Set(hdrReply, q.procID+"."+waitID)
+	if reply != "" {
+		msg.Header.Set(hdrReply, reply)
 	}
-	start := time.Now()
-	err := q.publish(msg)
-	q.m.publishDuration.Observe(time.Since(start).Seconds())
-	if err != nil {
-		if waitID != "" {
-			q.waits.take(waitID)
-		}
-		return err
-	}
-	q.m.publishes.WithLabelValues(resultOK).Inc()
-	return nil
-}
-
-func (q *Queue) publish(msg *nats.Msg) error {
 	paf, err := q.js.PublishMsgAsync(msg)
 	if err == nil {
-		t := time.NewTimer(q.opts.PublishTimeout + time.Second) // the PubAck timeout fires first
-		defer t.Stop()
-		select {
-		case <-paf.Ok():
+		if err, _ = q.awaitPubAck(paf); err == nil {
 			return nil
-		case err = <-paf.Err():
-		case <-t.C:
-			err = errors.New("timed out waiting for the stream's acknowledgement")
 		}
 	}
-	if full(err) {
-		q.m.publishes.WithLabelValues(resultFull).Inc()
+	return q.publishError(err, 1)
+}
+
+// publishError is what PutWaiting returns for a publish of n requests that
+// failed with err, counted by result.
+func (q *Queue) publishError(err error, n int) error {
+	switch {
+	case full(err):
+		q.m.publishes.WithLabelValues(resultFull).Add(float64(n))
 		return buffer.ErrFull
-	}
-	if errors.Is(err, nats.ErrMaxPayload) {
-		q.m.publishes.WithLabelValues(resultTooLarge).Inc()
+	case errors.Is(err, nats.ErrMaxPayload):
+		q.m.publishes.WithLabelValues(resultTooLarge).Add(float64(n))
 		return &buffer.TooLargeError{Limit: fmt.Sprintf("the queue's message limit (nats-server max_payload, %d bytes)", q.nc.MaxPayload())}
 	}
-	q.m.publishes.WithLabelValues(resultError).Inc()
+	q.m.publishes.WithLabelValues(resultError).Add(float64(n))
 	return fmt.Errorf("%w: publish to stream %s: %v", buffer.ErrStorage, q.opts.Stream, err)
 }
 
@@ -385,14 +439,18 @@ func (q *Queue) Ready() error {
 	return errors.New("not connected to NATS")
 }
 
-// CloseWrites makes every later PutWaiting fail with buffer.ErrClosed. The
-// bridge and wait=true outcomes keep working until Close.
+// CloseWrites makes every later PutWaiting fail with buffer.ErrClosed.
+// Requests already queued for a group are still published, and answered;
+// the bridge and wait=true outcomes keep working until Close.
 func (q *Queue) CloseWrites() { q.closed.Store(true) }
 
-// Close flushes outstanding acks and naks and closes the connection. Call it
-// after the flusher's Run returned: a message still held then is naked
-// first, so another replica delivers it. Close is idempotent.
+// Close publishes the requests still queued for a group and waits for
+// their PubAcks, flushes outstanding acks and naks and closes the
+// connection. Call it after the flusher's Run returned: a message still
+// held then is naked first, so another replica delivers it. Close is
+// idempotent.
 func (q *Queue) Close() error {
+	q.stopCommitter()
 	if q.stopBG != nil {
 		q.stopBG()
 		q.bg.Wait()

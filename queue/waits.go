@@ -136,6 +136,14 @@ func (h *held) remove(m jetstream.Msg) bool {
 	return true
 }
 
+// has reports whether m is still held.
+func (h *held) has(m jetstream.Msg) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.m[m]
+	return ok
+}
+
 func (h *held) len() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
