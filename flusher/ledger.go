@@ -89,6 +89,9 @@ func (l *ledger) entryLocked(key buffer.Key, now time.Time) *ledgerEntry {
 		}
 		e = &ledgerEntry{StreamStats: StreamStats{Datasource: key.Datasource, TokenID: tokenID(key.Token)}}
 		l.entries[key] = e
+		if key.Datasource != otherStreams {
+			l.labelLocked(key.Datasource) // its series exist from its first event, not its first answer
+		}
 	}
 	e.active = now
 	return e
