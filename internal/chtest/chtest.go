@@ -205,7 +205,10 @@ func (s *Server) URL(database string) string {
 // Query runs sql as the default user and returns the answer
 // (TabSeparated unless sql says otherwise).
 func (s *Server) Query(sql string) (string, error) {
-	hc := &http.Client{Timeout: 30 * time.Second}
+	// A fresh connection per query: clickhouse-server may close an idle
+	// keep-alive one just as a reused one is written to, and the query
+	// then fails with EOF (seen in CI after a refused INSERT).
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := hc.Post("http://"+s.Addr()+"/?"+url.Values{"user": {"default"}}.Encode(), "text/plain", strings.NewReader(sql))
 	if err != nil {
 		return "", err
