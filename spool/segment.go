@@ -103,14 +103,11 @@ func appendData(dst []byte, m syncMarker, key buffer.Key, lines [][]byte, spille
 	return seal(dst, start, syncLen)
 }
 
-// recordSize is the payload size of the data record for key and lines,
-// without encoding it.
-func recordSize(key buffer.Key, lines [][]byte) int {
-	n := 10 + 3*binary.MaxVarintLen64 + len(key.Token) + len(key.Datasource) + len(lines)
-	for _, l := range lines {
-		n += len(l)
-	}
-	return n
+// recordSize bounds the payload size of the data record for key and lines
+// of size bytes (buffer.Size: the lines and their '\n's), without encoding
+// it.
+func recordSize(key buffer.Key, size int) int {
+	return 10 + 3*binary.MaxVarintLen64 + len(key.Token) + len(key.Datasource) + size
 }
 
 // ref names a data record: its segment's number and its offset there.

@@ -28,7 +28,7 @@ func (s *Spool) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 	if err := s.buf.Admits(key, n, size); err != nil {
 		return err
 	}
-	if recordSize(key, lines) > maxPayload {
+	if recordSize(key, size) > maxPayload {
 		// Written, it could never be read back: replay would skip it as
 		// corrupt after the client was told it was stored.
 		return &buffer.TooLargeError{Limit: "the spool's largest record (1 GiB)"}
