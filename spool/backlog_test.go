@@ -491,3 +491,41 @@ func TestSpillWithFsyncAlways(t *testing.T) {
 		t.Errorf("delivered %d rows (%s); want each once, in order", len(c.rows), firstDiff(c.rows, want))
 	}
 }
+
+// TestSpilledRowsOfADeniedTokenAreDropped: rows spilled for a client token
+// that upstream refuses before they are fed are dropped, not fed: counted
+// in tbproxy_spool_dropped_events_total, logged, their waiting client told
+// 403, and retired, so a restart does not replay them.
+func TestSpilledRowsOfADeniedTokenAreDropped(t *testing.T) {
+	dir := t.TempDir()
+	buf := buffer.New(buffer.Options{MaxEvents: 1, MaxBytes: 1 << 20})
+	s, logs, reg := openObserved(t, dir, buf, Options{})
+	key := buffer.Key{Token: "p.revoked-soon", Datasource: "ds"}
+	put(t, s, "ds", `{"held":1}`)
+	w := buffer.NewWaiter()
+	if err := s.PutWaiting(key, lines(`{"spilled":1}`), w); err != nil {
+		t.Fatal(err)
+	}
+	buf.Deny(key, time.Now().Add(time.Hour))
+	c := &consumer{buf: buf}
+	c.deliverAll(t, 1) // room: the feeder reaches the spilled row
+	select {
+	case <-w.Done():
+	case <-time.After(poll.Timeout):
+		t.Fatal("the waiting client was never told")
+	}
+	if _, _, f := w.Result(); f == nil || f.Status != 403 {
+		t.Errorf("the waiter got %+v; want a 403 failure", f)
+	}
+	if got := metric(t, reg, "tbproxy_spool_dropped_events_total"); got != 1 {
+		t.Errorf("tbproxy_spool_dropped_events_total: %v; want 1", got)
+	}
+	logs.waitFor(t, "spool rows dropped: upstream refused their token since they were accepted")
+	if got := metric(t, reg, "tbproxy_spool_backlog_events"); got != 0 {
+		t.Errorf("backlog %v; want the dropped row gone from it", got)
+	}
+	s.Close()
+	if _, rows := replayed(t, dir, Options{}); len(rows) != 0 {
+		t.Errorf("a restart replayed %q; want nothing: the dropped row was retired", rows)
+	}
+}
