@@ -59,9 +59,16 @@ var ErrDenied = errors.New("buffer: token denied upstream")
 
 // Key says where a group of events goes: one datasource, authenticated with
 // one token. Token is empty when the flusher uses its own configured token.
+// A Key is also a stream: the unit the buffer shares out fairly
+// (Options.StreamShare) and the flusher batches.
 type Key struct {
 	Token      string
 	Datasource string
+	// Client is the named client the events came from: "" for unnamed
+	// clients and for events replayed from a spool or a queue. It is part
+	// of the stream, so the flusher batches per client too; denials (Deny)
+	// ignore it, as upstream refuses a token whoever sent it.
+	Client string
 }
 
 // Entry is the events of one accepted request, stored as NDJSON.
@@ -98,6 +105,16 @@ type Options struct {
 	// flood of junk tokens, each its own upstream request, from queueing
 	// ahead of every real token's batches.
 	MaxUnverifiedTokens int
+	// StreamShare, strictly between 0 and 1, is the most of the buffer one
+	// stream (one Key) may hold while another stream is accepting:
+	// StreamShare × MaxEvents events and StreamShare × MaxBytes bytes of
+	// NDJSON, rounded down. A stream is accepting while it holds events,
+	// and for ActiveFor after its last Put accepted or refused for room.
+	// Past its share a Put gets ErrStreamShare. A stream alone may fill
+	// the whole buffer, and a request bigger than the share is taken only
+	// from a stream alone. 0 (the zero value) or 1 and above turn it off,
+	// and Put then pays nothing for it.
+	StreamShare float64
 }
 
 // Stats is a snapshot of a Buffer's accounting.
@@ -128,6 +145,7 @@ type Buffer struct {
 	closed                bool
 	drain                 drainRate
 	keys                  keys
+	streams               *streams // nil when Options.StreamShare is off
 	// room, when not nil, is closed and cleared the next time room may
 	// have appeared (Release, Verify, Close). PutWait and WaitRoom make it
 	// only when they must wait: while nobody waits, Release pays one nil
@@ -149,6 +167,7 @@ func New(opts Options) *Buffer {
 		ready:     make(chan struct{}, 1),
 		mem:       newArena(opts.MaxBytes),
 		keys:      newKeys(opts.MaxDatasources, opts.MaxUnverifiedTokens),
+		streams:   newStreams(opts.StreamShare, opts.MaxEvents, opts.MaxBytes),
 	}
 	b.drain.start(time.Now())
 	return b
@@ -163,7 +182,8 @@ func New(opts Options) *Buffer {
 // after Close, ErrDenied for a denied token, ErrTooLarge when the lines
 // could never fit, and ErrFull when they do not fit now:
 // ErrTooManyDatasources and ErrTooManyTokens wrap it, for the limits on
-// distinct keys. Put with no lines stores nothing and returns nil.
+// distinct keys, and ErrStreamShare, for a stream past its share (see
+// Options.StreamShare). Put with no lines stores nothing and returns nil.
 func (b *Buffer) Put(key Key, lines [][]byte) error { return b.PutWaiting(key, lines, nil) }
 
 // PutWaiting is Put for a request whose client waits for delivery: w is
@@ -181,6 +201,9 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 	// Refuse early, without copying, when the buffer is visibly full: under
 	// overload this keeps the refusal path free of large allocations.
 	if !b.fits(int(b.events.Load()), int(b.bytes.Load()), n, size) {
+		if b.streams != nil {
+			return b.refuseFull(key)
+		}
 		if b.isClosed() {
 			return ErrClosed
 		}
@@ -203,12 +226,20 @@ func (b *Buffer) PutWaiting(key Key, lines [][]byte, w *Waiter) error {
 	case !b.fits(b.heldEvents, b.heldBytes, n, size+extra):
 		err = ErrFull
 	}
+	var s *stream
+	if b.streams != nil && (err == nil || err == ErrFull) {
+		s, err = b.shareLocked(key, n, size, now, err != nil)
+	}
 	if err != nil {
 		b.mu.Unlock()
 		b.mem.release([][]byte{data})
 		return err
 	}
 	key = b.keys.hold(key, n, now)
+	if s != nil {
+		b.streams.hold(s, n, size)
+		b.streams.prune(now)
+	}
 	b.heldEvents += n
 	b.heldBytes += size + extra
 	b.events.Store(int64(b.heldEvents))
@@ -279,20 +310,27 @@ func (b *Buffer) Take(dst []Entry) []Entry {
 // from them, each released exactly once. After Release the consumer must
 // not read data again: the buffer reuses it for later requests. Release
 // does not wait for the consumer or for Put, only for short critical
-// sections. Releasing more than is held is a bug; the counters are clamped
-// at zero so one bug cannot wedge admission forever.
+// sections. key must be the entries' Key as Take returned it, Client
+// included: it is how their stream's share is given back. Releasing more
+// than is held is a bug; the counters are clamped at zero so one bug
+// cannot wedge admission forever.
 func (b *Buffer) Release(key Key, events int, data ...[]byte) {
 	bytes := b.mem.release(data)
 	if events <= 0 && bytes <= 0 {
 		return
 	}
+	now := time.Now()
 	b.mu.Lock()
+	if b.streams != nil {
+		b.streams.release(key, events, bytes, now)
+		b.streams.prune(now)
+	}
 	bytes += b.keys.release(key, events)
 	b.heldEvents = max(b.heldEvents-events, 0)
 	b.heldBytes = max(b.heldBytes-bytes, 0)
 	b.events.Store(int64(b.heldEvents))
 	b.bytes.Store(int64(b.heldBytes))
-	b.drain.add(time.Now(), max(events, 0), max(bytes, 0))
+	b.drain.add(now, max(events, 0), max(bytes, 0))
 	b.roomLocked()
 	b.mu.Unlock()
 }

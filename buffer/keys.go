@@ -88,6 +88,15 @@ func (k *keys) hold(key Key, n int, now time.Time) Key {
 	return key
 }
 
+// shared returns key with its token replaced by the copy held, if one is,
+// so that a table keyed by it (streams) keeps no copy of its own.
+func (k *keys) shared(key Key) Key {
+	if t := k.tokens[key.Token]; t != nil {
+		key.Token = t.token
+	}
+	return key
+}
+
 // release stops counting n events of key and returns the bytes freed by
 // names and tokens no longer held.
 func (k *keys) release(key Key, n int) (freed int) {

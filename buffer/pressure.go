@@ -96,10 +96,12 @@ const maxDenied = 10_000
 
 // Deny makes Put and PutWaiting refuse entries for key (a client's token
 // and a datasource) with ErrDenied until the given time. Entries already
-// stored are unaffected.
+// stored are unaffected. key.Client is ignored: upstream refused the token,
+// whichever client sent it.
 func (b *Buffer) Deny(key Key, until time.Time) { b.denied.add(key, until) }
 
 func (d *deny) add(token Key, until time.Time) {
+	token.Client = ""
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.until == nil {
@@ -117,6 +119,7 @@ func (d *deny) add(token Key, until time.Time) {
 }
 
 func (d *deny) has(token Key, now time.Time) bool {
+	token.Client = ""
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	u, ok := d.until[token]

@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // PutWait is PutWaiting for a producer that would rather wait than be
@@ -13,10 +14,12 @@ import (
 // does; and ctx.Err() when ctx ends before they fit, having stored nothing.
 // The first attempt is made even when ctx has already ended.
 //
-// ErrFull, and ErrTooManyDatasources and ErrTooManyTokens that wrap it, are
-// never returned: they are what PutWait waits out. It is woken by Release,
-// Verify and Close, never by polling, and only while someone waits: Put
-// and Release pay nothing for it otherwise. Many callers may wait at once;
+// ErrFull, and ErrTooManyDatasources, ErrTooManyTokens and ErrStreamShare
+// that wrap it, are never returned: they are what PutWait waits out. It is
+// woken by Release, Verify and Close, never by polling, and only while
+// someone waits: Put and Release pay nothing for it otherwise. A stream
+// refused for its share while no other stream holds anything, only
+// attempted lately, is also woken when that attempt is ActiveFor old. Many callers may wait at once;
 // each is woken whenever room may have appeared and tries again, so none
 // is forgotten, though which of them gets in first is not specified. Lines
 // are copied, as by Put. Safe for concurrent use.
@@ -24,15 +27,36 @@ func (b *Buffer) PutWait(ctx context.Context, key Key, lines [][]byte, w *Waiter
 	if err := b.PutWaiting(key, lines, w); !errors.Is(err, ErrFull) {
 		return err
 	}
+	// lapse wakes a wait on the share that no Release may end: the others
+	// stop accepting when their last attempt is ActiveFor old.
+	var lapse *time.Timer
+	defer func() {
+		if lapse != nil {
+			lapse.Stop()
+		}
+	}()
 	for {
 		// Subscribe before trying again: room that appears between the
 		// try and the wait then closes this very channel.
 		room := b.nextRoom()
-		if err := b.PutWaiting(key, lines, w); !errors.Is(err, ErrFull) {
+		err := b.PutWaiting(key, lines, w)
+		if !errors.Is(err, ErrFull) {
 			return err
+		}
+		var lapsed <-chan time.Time
+		if errors.Is(err, ErrStreamShare) {
+			if d := b.shareLapse(key); d > 0 {
+				if lapse == nil {
+					lapse = time.NewTimer(d)
+				} else {
+					lapse.Reset(d)
+				}
+				lapsed = lapse.C
+			}
 		}
 		select {
 		case <-room:
+		case <-lapsed:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
