@@ -6,10 +6,11 @@ import (
 
 // Publish results, the values of tbproxy_queue_publishes_total{result}.
 const (
-	resultOK       = "ok"        // JetStream stored the request: 202
-	resultFull     = "full"      // the stream is at its limits: 429
-	resultError    = "error"     // NATS unreachable, timeout, no stream: 503
-	resultTooLarge = "too_large" // above the server's max_payload: 413
+	resultOK        = "ok"        // JetStream stored the request: 202
+	resultFull      = "full"      // the stream is at its limits: 429
+	resultError     = "error"     // NATS unreachable, timeout, no stream: 503
+	resultTooLarge  = "too_large" // above the server's max_payload: 413
+	resultDuplicate = "duplicate" // an Idempotency-Key the stream already held (PutIdempotent)
 )
 
 // Dead-letter reasons, the values of
@@ -25,6 +26,7 @@ const (
 type metrics struct {
 	publishes       *prometheus.CounterVec
 	published       prometheus.Counter // publishes{result="ok"}, counted per request
+	duplicates      prometheus.Counter // publishes{result="duplicate"}: an Idempotency-Key's repeat
 	publishDuration prometheus.Histogram
 	fetched         prometheus.Counter
 	acked           prometheus.Counter
@@ -38,7 +40,7 @@ func newMetrics(reg prometheus.Registerer, held func() float64) (*metrics, error
 	m := &metrics{
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tbproxy_queue_publishes_total",
-			Help: "Accepted requests published to the JetStream stream, by result (ok, full, error, too_large).",
+			Help: "Accepted requests published to the JetStream stream, by result (ok, full, error, too_large, duplicate: a repeated Idempotency-Key the stream already held).",
 		}, []string{"result"}),
 		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tbproxy_queue_publish_duration_seconds",
@@ -70,10 +72,11 @@ func newMetrics(reg prometheus.Registerer, held func() float64) (*metrics, error
 			Help: "1 while connected to NATS, 0 otherwise.",
 		}),
 	}
-	for _, r := range []string{resultOK, resultFull, resultError, resultTooLarge} {
+	for _, r := range []string{resultOK, resultFull, resultError, resultTooLarge, resultDuplicate} {
 		m.publishes.WithLabelValues(r)
 	}
 	m.published = m.publishes.WithLabelValues(resultOK)
+	m.duplicates = m.publishes.WithLabelValues(resultDuplicate)
 	for _, r := range []string{reasonMaxDeliver, reasonMalformed, reasonTooLarge, reasonDenied} {
 		m.deadLettered.WithLabelValues(r)
 	}

@@ -105,6 +105,11 @@ type Options struct {
 	// bridges cannot read group messages (docs/replicas.md, upgrading). It
 	// is also the baseline of BenchmarkPutWaitingGroupCommit.
 	NoGroupCommit bool
+	// Duplicates is the stream's duplicate window (IDEMPOTENCY_WINDOW): a
+	// request published again with the same Nats-Msg-Id within it is not
+	// stored again (PutIdempotent). 0 leaves JetStream's default (2m); it
+	// is capped at MaxAge, as JetStream requires.
+	Duplicates time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -285,6 +290,8 @@ func (q *Queue) setup() error {
 		Replicas:  q.opts.Replicas,
 		MaxBytes:  q.opts.MaxBytes,
 		MaxAge:    q.opts.MaxAge,
+		// PutIdempotent's window: one replica's repeat of another's request.
+		Duplicates: min(q.opts.Duplicates, q.opts.MaxAge),
 	}
 	ccfg := jetstream.ConsumerConfig{
 		Durable:   q.opts.Consumer,
@@ -375,6 +382,19 @@ func (q *Queue) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 // publishOne publishes the request as a single-request message
 // (NoGroupCommit) and waits for its PubAck.
 func (q *Queue) publishOne(key buffer.Key, lines [][]byte, size int, reply string) error {
+	paf, err := q.js.PublishMsgAsync(q.singleMessage(key, lines, size, reply))
+	if err == nil {
+		if err, _ = q.awaitPubAck(paf); err == nil {
+			return nil
+		}
+	}
+	return q.publishError(err, 1)
+}
+
+// singleMessage is one request as a message of its own (the format before
+// group commit): its rows, datasource, row count, client token (in
+// pass-through mode) and wait=true reply subject.
+func (q *Queue) singleMessage(key buffer.Key, lines [][]byte, size int, reply string) *nats.Msg {
 	msg := nats.NewMsg(q.opts.Subject + "." + key.Datasource)
 	data := make([]byte, 0, size)
 	for _, l := range lines {
@@ -390,13 +410,7 @@ func (q *Queue) publishOne(key buffer.Key, lines [][]byte, size int, reply strin
 	if reply != "" {
 		msg.Header.Set(hdrReply, reply)
 	}
-	paf, err := q.js.PublishMsgAsync(msg)
-	if err == nil {
-		if err, _ = q.awaitPubAck(paf); err == nil {
-			return nil
-		}
-	}
-	return q.publishError(err, 1)
+	return msg
 }
 
 // publishError is what PutWaiting returns for a publish of n requests that
