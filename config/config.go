@@ -190,6 +190,39 @@ type Config struct {
 	// minutes (MAX_UNVERIFIED_TOKENS, 32).
 	MaxUnverifiedTokens int `env:"MAX_UNVERIFIED_TOKENS" envDefault:"32"`
 
+	// ClientsFile names the JSON file of named clients: token digests,
+	// datasource allow-lists and limits (CLIENTS_FILE, unset). Not in
+	// pass-through mode. SIGHUP or a change of the file reloads it.
+	ClientsFile string `env:"CLIENTS_FILE"`
+
+	// ClientsWatchInterval is how often CLIENTS_FILE is checked for a change
+	// (CLIENTS_WATCH_INTERVAL, 2s); 0 reloads it only on SIGHUP.
+	ClientsWatchInterval time.Duration `env:"CLIENTS_WATCH_INTERVAL" envDefault:"2s"`
+
+	// RateLimitEventsPerMinute and RateLimitEventsPerDay limit each
+	// client token in pass-through mode, in events (RATE_LIMIT_EVENTS_PER_MINUTE,
+	// RATE_LIMIT_EVENTS_PER_DAY, 0: off). The day is the UTC calendar day.
+	RateLimitEventsPerMinute int64 `env:"RATE_LIMIT_EVENTS_PER_MINUTE" envDefault:"0"`
+	RateLimitEventsPerDay    int64 `env:"RATE_LIMIT_EVENTS_PER_DAY" envDefault:"0"`
+
+	// RateLimitMaxKeys bounds the clients and tokens whose counts are kept
+	// (RATE_LIMIT_MAX_KEYS, 10000); a new token beyond it gets 429 until
+	// one is idle.
+	RateLimitMaxKeys int `env:"RATE_LIMIT_MAX_KEYS" envDefault:"10000"`
+
+	// BufferStreamShare is the fraction of the buffer's events and bytes one
+	// stream (client or token, and datasource) may hold while another
+	// stream is sending (BUFFER_STREAM_SHARE, 0.5); 1 turns it off.
+	BufferStreamShare float64 `env:"BUFFER_STREAM_SHARE" envDefault:"0.5"`
+
+	// IdempotencyWindow is how long a request's Idempotency-Key is
+	// remembered (IDEMPOTENCY_WINDOW, 10m); 0 ignores the header.
+	IdempotencyWindow time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"10m"`
+
+	// IdempotencyMaxKeys bounds the keys remembered; the oldest is
+	// forgotten first (IDEMPOTENCY_MAX_KEYS, 100000).
+	IdempotencyMaxKeys int `env:"IDEMPOTENCY_MAX_KEYS" envDefault:"100000"`
+
 	// MaxConnections caps concurrent client connections (MAX_CONNECTIONS,
 	// 10000).
 	MaxConnections int `env:"MAX_CONNECTIONS" envDefault:"10000"`
@@ -350,6 +383,14 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("ready_requires_upstream", c.ReadyRequiresUpstream),
 		slog.Int("max_datasources", c.MaxDatasources),
 		slog.Int("max_unverified_tokens", c.MaxUnverifiedTokens),
+		slog.String("clients_file", c.ClientsFile),
+		slog.String("clients_watch_interval", c.ClientsWatchInterval.String()),
+		slog.Int64("rate_limit_events_per_minute", c.RateLimitEventsPerMinute),
+		slog.Int64("rate_limit_events_per_day", c.RateLimitEventsPerDay),
+		slog.Int("rate_limit_max_keys", c.RateLimitMaxKeys),
+		slog.Float64("buffer_stream_share", c.BufferStreamShare),
+		slog.String("idempotency_window", c.IdempotencyWindow.String()),
+		slog.Int("idempotency_max_keys", c.IdempotencyMaxKeys),
 		slog.Int("max_connections", c.MaxConnections),
 		slog.String("request_memory_bytes", c.RequestMemoryBytes.String()),
 		slog.String("max_header_bytes", c.MaxHeaderBytes.String()),

@@ -16,9 +16,9 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.check(c.Port >= 0 && c.Port <= 65535, "PORT", "must be between 0 and 65535, got %d", c.Port)
 	up := c.Upstream()
 	c.validateClickHouse(&v, up) // ClickHouse's own rules
-	if up.Kind != UpstreamClickHouse && c.ProxyTokenMode() && len(c.AuthorizationTokens) == 0 && !c.AllowUnauthenticated && v.ok("AUTHORIZATION_TOKEN", "ALLOW_UNAUTHENTICATED") {
+	if up.Kind != UpstreamClickHouse && c.ProxyTokenMode() && len(c.AuthorizationTokens) == 0 && c.ClientsFile == "" && !c.AllowUnauthenticated && v.ok("AUTHORIZATION_TOKEN", "ALLOW_UNAUTHENTICATED") {
 		v.check(false, "AUTHORIZATION_TOKEN", "required when TINYBIRD_TOKEN is set: "+
-			"set AUTHORIZATION_TOKEN to the comma-separated tokens your clients will send, "+
+			"set AUTHORIZATION_TOKEN to the comma-separated tokens your clients will send (or name them in CLIENTS_FILE), "+
 			"or set ALLOW_UNAUTHENTICATED=true to run an open proxy that spends your TINYBIRD_TOKEN for anyone who can reach it")
 	}
 	if up.Kind == UpstreamTinybird && !c.ProxyTokenMode() && len(c.AuthorizationTokens) > 0 && v.ok("TINYBIRD_BASE_URL") {
@@ -96,6 +96,7 @@ func (c Config) validate(failed map[string]bool) []error {
 			v.check(p == 0 || p != c.Port, "ADMIN_ADDR", "must not be the public PORT (%d): the point is to keep /metrics and /-/ off it", c.Port)
 		}
 	}
+	c.validateClients(&v)
 	v.check(len(c.CORSAllowedOrigins) > 0, "CORS_ALLOWED_ORIGINS", "must list at least one origin, or *")
 	v.check(c.TokenDenyTTL >= 0, "TOKEN_DENY_TTL", "must not be negative, got %s", c.TokenDenyTTL)
 	// A zero ReadTimeout or IdleTimeout lets idle keep-alive connections pin
@@ -161,4 +162,35 @@ func (v *validator) check(cond bool, key, format string, args ...any) {
 // positive checks that the duration in key is greater than zero.
 func (v *validator) positive(key string, d time.Duration) {
 	v.check(d > 0, key, "must be greater than 0, got %s", d)
+}
+
+// validateClients checks the variables of named clients, limits, fair
+// share and idempotency. The clients file itself is read and checked at
+// start-up by the clients package, which names the file, client and field.
+func (c Config) validateClients(v *validator) {
+	if c.ClientsFile != "" {
+		v.check(!c.ClientTokensUpstream(), "CLIENTS_FILE",
+			"names clients by the tokens they send to the proxy, but without TINYBIRD_TOKEN each client's token goes to Tinybird (pass-through mode); "+
+				"set TINYBIRD_TOKEN, or use RATE_LIMIT_EVENTS_PER_MINUTE and RATE_LIMIT_EVENTS_PER_DAY to limit each token")
+	}
+	if c.ClientsFile != "" {
+		v.check(!c.AllowUnauthenticated, "CLIENTS_FILE", "is set with ALLOW_UNAUTHENTICATED=true: a client could dodge its limits and allow-list by sending no token; unset one of them")
+	}
+	v.check(c.ClientsWatchInterval >= 0, "CLIENTS_WATCH_INTERVAL", "must not be negative, got %s", c.ClientsWatchInterval)
+	v.check(c.RateLimitEventsPerMinute >= 0, "RATE_LIMIT_EVENTS_PER_MINUTE", "must not be negative, got %d", c.RateLimitEventsPerMinute)
+	v.check(c.RateLimitEventsPerDay >= 0, "RATE_LIMIT_EVENTS_PER_DAY", "must not be negative, got %d", c.RateLimitEventsPerDay)
+	for _, k := range []struct {
+		name string
+		n    int64
+	}{{"RATE_LIMIT_EVENTS_PER_MINUTE", c.RateLimitEventsPerMinute}, {"RATE_LIMIT_EVENTS_PER_DAY", c.RateLimitEventsPerDay}} {
+		if k.n > 0 {
+			v.check(c.ClientTokensUpstream(), k.name, "limits each client's Tinybird token in pass-through mode (TINYBIRD_TOKEN unset); "+
+				"with TINYBIRD_TOKEN set, give named clients events_per_minute and events_per_day in CLIENTS_FILE")
+		}
+	}
+	v.check(c.RateLimitMaxKeys >= 1, "RATE_LIMIT_MAX_KEYS", "must be at least 1, got %d", c.RateLimitMaxKeys)
+	v.check(c.BufferStreamShare > 0 && c.BufferStreamShare <= 1, "BUFFER_STREAM_SHARE",
+		"must be greater than 0 and at most 1 (1 turns it off), got %g", c.BufferStreamShare)
+	v.check(c.IdempotencyWindow >= 0, "IDEMPOTENCY_WINDOW", "must not be negative (0 turns Idempotency-Key off), got %s", c.IdempotencyWindow)
+	v.check(c.IdempotencyMaxKeys >= 1, "IDEMPOTENCY_MAX_KEYS", "must be at least 1, got %d", c.IdempotencyMaxKeys)
 }
