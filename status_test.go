@@ -16,7 +16,9 @@ const statusToken = "s3cret-admin-token"
 const cannedStatus = `{"time":"2025-01-02T03:04:05Z","uptime_seconds":61,
  "totals":{"accepted_per_second":12.5,"delivered_per_second":12,"accepted":1234567,"buffer_events":10,"buffer_max_events":100},
  "streams":[{"datasource":"page_views","token_id":"1a2b3c4d","held_events":10,"accepted":1234567,"last_status":200,"paused":true,"last_delivery":null,
-   "samples":{"accepted":[1,2],"delivered":[1,2]}}],
+   "samples":{"accepted":[1,2],"delivered":[1,2]}},
+  {"datasource":"clicks","client":"web","accepted":7,"samples":{"accepted":[],"delivered":[]}},
+  {"datasource":"clicks","client":"api-worker","accepted":8,"samples":{"accepted":[],"delivered":[]}}],
  "samples":{"interval_seconds":1,"accepted":[],"delivered":[],"buffer_fill":[]}}`
 
 func TestStatusDefaultURL(t *testing.T) {
@@ -86,6 +88,11 @@ func TestStatusTable(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+	// Two clients' streams of one datasource: two rows, by client name.
+	api, web, pv := strings.Index(out, "\nclicks@api-worker "), strings.Index(out, "\nclicks@web "), strings.Index(out, "\npage_views·")
+	if api < 0 || web < 0 || !(api < web && web < pv) {
+		t.Errorf("want rows clicks@api-worker, clicks@web, then page_views, in order:\n%s", out)
 	}
 	if strings.Contains(out, clearScreen) {
 		t.Error("one-shot output clears the screen")

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -240,5 +241,85 @@ func TestHistoryIsBounded(t *testing.T) {
 	r.c.mu.Unlock()
 	if n > 4 {
 		t.Errorf("the console keeps %d stream histories; want at most the flusher's 3 and (other)", n)
+	}
+}
+
+// TestStreamsByClient: two named clients' streams of one datasource are two
+// entries, each with its client's name (and the unnamed one without), with
+// their own counts and their own history.
+func TestStreamsByClient(t *testing.T) {
+	r := newRig(t)
+	put := func(client string, n int) {
+		t.Helper()
+		lines := make([][]byte, n)
+		for i := range lines {
+			lines[i] = []byte(`{"n":1}`)
+		}
+		if err := r.buf.Put(buffer.Key{Datasource: "page_views", Client: client}, lines); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("web", 1)
+	put("api-worker", 2)
+	put("", 3)
+	poll.Until(t, "three streams, every event counted", func() bool {
+		streams, n := r.fl.Streams(), int64(0)
+		for _, s := range streams {
+			n += s.Accepted
+		}
+		return len(streams) == 3 && n == 6
+	})
+	r.c.sample(time.Now()) // every stream's history starts here
+
+	code, _, body := do(t, http.MethodGet, r.base+"/-/api/streams", "Bearer "+token)
+	var st Status
+	if err := json.Unmarshal(body, &st); code != http.StatusOK || err != nil {
+		t.Fatalf("streams: %d %v %s", code, err, body)
+	}
+	accepted := map[string]int64{}
+	for _, s := range st.Streams {
+		if s.Datasource != "page_views" {
+			t.Errorf("stream of %q", s.Datasource)
+		}
+		if _, dup := accepted[s.Client]; dup {
+			t.Errorf("client %q listed twice", s.Client)
+		}
+		accepted[s.Client] = s.Accepted
+	}
+	if want := map[string]int64{"web": 1, "api-worker": 2, "": 3}; !maps.Equal(accepted, want) {
+		t.Errorf("accepted by client %v; want %v\n%s", accepted, want, body)
+	}
+	// The client goes by its name, and an unnamed client's stream has none.
+	if n := strings.Count(string(body), `"client":`); n != 2 || !strings.Contains(string(body), `"client":"web"`) ||
+		!strings.Contains(string(body), `"client":"api-worker"`) {
+		t.Errorf("%d client fields in %s; want web and api-worker only", n, body)
+	}
+
+	put("web", 4)
+	poll.Until(t, "web's second batch counted", func() bool {
+		for _, s := range r.fl.Streams() {
+			if s.Client == "web" && s.Accepted == 5 {
+				return true
+			}
+		}
+		return false
+	})
+	r.c.sample(time.Now().Add(time.Second))
+	last := map[string]float64{}
+	for _, s := range r.c.Status("page_views").Streams {
+		a := s.Samples.Accepted
+		if len(a) != 2 {
+			t.Fatalf("client %q: %d samples; want 2", s.Client, len(a))
+		}
+		last[s.Client] = a[1]
+	}
+	if want := map[string]float64{"web": 4, "api-worker": 0, "": 0}; !maps.Equal(last, want) {
+		t.Errorf("last second's accepted by client %v; want %v: one history per client", last, want)
+	}
+	r.c.mu.Lock()
+	n := len(r.c.streams)
+	r.c.mu.Unlock()
+	if n != 3 {
+		t.Errorf("the console keeps %d stream histories; want 3", n)
 	}
 }

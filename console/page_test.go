@@ -18,7 +18,7 @@ func TestPage(t *testing.T) {
 		"<!doctype html>", `<meta name="viewport" content="width=device-width, initial-scale=1">`,
 		`fetch(api("streams")`, `method: "POST"`, "encodeURIComponent(name)",
 		// The hooks the browser test reads.
-		"tr.dataset.datasource", "tr.dataset.tokenId", "td.dataset.field", "document.body.dataset.updated",
+		"tr.dataset.datasource", "tr.dataset.client", "tr.dataset.tokenId", "td.dataset.field", "document.body.dataset.updated",
 	} {
 		if !strings.Contains(p, want) {
 			t.Errorf("page lacks %q", want)

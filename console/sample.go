@@ -33,8 +33,9 @@ func (r *ring) last(k int) []float64 {
 
 type history struct{ accepted, delivered, fill ring }
 
-// streamKey names a stream as the console shows it.
-type streamKey struct{ ds, tokenID string }
+// streamKey names a stream as the console shows it: two named clients'
+// streams of one datasource (and token) have separate histories.
+type streamKey struct{ ds, client, tokenID string }
 
 type streamHistory struct {
 	accepted, delivered ring
@@ -140,7 +141,7 @@ func (c *Console) sample(now time.Time) {
 
 	alive := make(map[streamKey]bool, len(streams))
 	for _, st := range streams {
-		k := streamKey{st.Datasource, st.TokenID}
+		k := streamKey{st.Datasource, st.Client, st.TokenID}
 		alive[k] = true
 		h := c.streams[k]
 		if h == nil {
@@ -211,7 +212,7 @@ func (c *Console) Status(name string) Status {
 			continue
 		}
 		out := Stream{
-			Datasource: s.Datasource, TokenID: s.TokenID,
+			Datasource: s.Datasource, Client: s.Client, TokenID: s.TokenID,
 			HeldEvents: s.HeldEvents, HeldBytes: s.HeldBytes,
 			Accepted: s.Accepted, Delivered: s.Delivered, Quarantined: s.Quarantined,
 			DeadLettered: s.DeadLettered, Dropped: s.Dropped, InFlightBatches: s.InFlight,
@@ -225,7 +226,7 @@ func (c *Console) Status(name string) Status {
 			t := s.LastDelivery.UTC()
 			out.LastDelivery = &t
 		}
-		if h := c.streams[streamKey{s.Datasource, s.TokenID}]; h != nil {
+		if h := c.streams[streamKey{s.Datasource, s.Client, s.TokenID}]; h != nil {
 			out.Samples = StreamSamples{Accepted: h.accepted.last(keep), Delivered: h.delivered.last(keep)}
 		}
 		st.Streams = append(st.Streams, out)

@@ -4,8 +4,9 @@ import "time"
 
 // Status is what GET /-/api/streams answers: the proxy's totals, one row
 // per stream, and the last minutes of totals sampled once a second. It
-// holds no token and no event contents: a stream of a pass-through client
-// is named by its datasource and a short, non-reversible id of its token.
+// holds no token and no event contents: a stream is named by its
+// datasource, the name of its client (CLIENTS_FILE) if it has one, and, in
+// pass-through mode, a short, non-reversible id of its token.
 type Status struct {
 	Time          time.Time `json:"time"`
 	UptimeSeconds float64   `json:"uptime_seconds"`
@@ -43,9 +44,14 @@ type Totals struct {
 	SpoolBacklogEvents *int64 `json:"spool_backlog_events,omitempty"`
 }
 
-// Stream is one datasource (and, in pass-through mode, one client token).
+// Stream is one datasource of one named client (and, in pass-through mode,
+// one client token).
 type Stream struct {
 	Datasource string `json:"datasource"`
+	// Client is the name of the client (CLIENTS_FILE) the stream's events
+	// came from, never its token; absent for unnamed clients and for
+	// events replayed from disk or a queue.
+	Client string `json:"client,omitempty"`
 	// TokenID is the first 8 hex digits of the SHA-256 of the client's
 	// token, in pass-through mode only: enough to tell tokens apart, never
 	// the token.

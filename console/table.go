@@ -16,7 +16,9 @@ import (
 const maxErrorRunes = 60
 
 // WriteTable writes st for a terminal: a totals line, then one aligned row
-// per stream, ordered by datasource and token id.
+// per stream, ordered by datasource, client and token id. A stream is named
+// datasource@client·tokenid, the parts it has: '@' and '·' are in neither a
+// datasource nor a client name.
 func WriteTable(w io.Writer, st Status) error {
 	t := st.Totals
 	fill := 0.0
@@ -45,12 +47,18 @@ func WriteTable(w io.Writer, st Status) error {
 		if c := strings.Compare(a.Datasource, b.Datasource); c != 0 {
 			return c
 		}
+		if c := strings.Compare(a.Client, b.Client); c != 0 {
+			return c
+		}
 		return strings.Compare(a.TokenID, b.TokenID)
 	})
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "DATASOURCE\tHELD\tOLDEST\tACCEPTED\tDELIVERED\tQUAR\tDEAD\tDROPPED\tINFLIGHT\tLAST\tPAUSED\tLAST ERROR")
 	for _, s := range streams {
 		name := termSafe(s.Datasource)
+		if s.Client != "" {
+			name += "@" + termSafe(s.Client)
+		}
 		if s.TokenID != "" {
 			name += "·" + termSafe(s.TokenID)
 		}

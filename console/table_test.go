@@ -27,6 +27,11 @@ func tableStatus() Status {
 				InFlightBatches: 3, LastStatus: 503, Paused: true, LastDelivery: &delivered,
 				LastError: "upstream answered 503:\tService\nUnavailable \x1b[31mretry later\x1b[0m " + strings.Repeat("x", 100)},
 			{Datasource: "clicks", Accepted: 1},
+			// Two named clients of one datasource are two rows; a client
+			// sorts after the datasource, before the token id.
+			{Datasource: "clicks", Client: "web", Accepted: 2},
+			{Datasource: "clicks", Client: "api-worker", Accepted: 3},
+			{Datasource: "page_views", Client: "web\x1b[2J", TokenID: "1a2b3c4d", Accepted: 4},
 		},
 	}
 }
@@ -52,16 +57,24 @@ func TestWriteTable(t *testing.T) {
 
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
 	head := tableLineIndex(lines, "DATASOURCE")
-	if head < 0 || len(lines) != head+4 {
-		t.Fatalf("want a header and 3 rows, got:\n%s", out)
+	if head < 0 || len(lines) != head+7 {
+		t.Fatalf("want a header and 6 rows, got:\n%s", out)
 	}
 	rows := lines[head+1:]
-	for i, prefix := range []string{"clicks ", "page_views·1a2b3c4d ", "page_views·ffff0000 "} {
+	for i, prefix := range []string{
+		"clicks ", "clicks@api-worker ", "clicks@web ",
+		"page_views·1a2b3c4d ", "page_views·ffff0000 ", "page_views@web [2J·1a2b3c4d ",
+	} {
 		if !strings.HasPrefix(rows[i], prefix) {
 			t.Errorf("row %d = %q, want it to start with %q", i, rows[i], prefix)
 		}
 	}
-	busy := rows[1]
+	for i, accepted := range []string{" 1 ", " 3 ", " 2 "} {
+		if !strings.Contains(rows[i], accepted) {
+			t.Errorf("row %q lacks its accepted count %q", rows[i], accepted)
+		}
+	}
+	busy := rows[3]
 	for _, want := range []string{"1,234 (2.0 KiB)", "1m15s", "1,234,567", "1,233,333", "503", "paused", "upstream answered 503: Service Unavailable [31mretry"} {
 		if !strings.Contains(busy, want) {
 			t.Errorf("row %q lacks %q", busy, want)

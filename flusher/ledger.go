@@ -21,6 +21,9 @@ import (
 // what went wrong. It carries no token and no event contents.
 type StreamStats struct {
 	Datasource string
+	// Client is the named client (CLIENTS_FILE) the stream's events came
+	// from; "" for unnamed clients and events replayed from disk or queue.
+	Client string
 	// TokenID is the first 8 hex digits of the SHA-256 of the stream's
 	// client token (pass-through mode); "" for the proxy's own token.
 	TokenID                   string
@@ -87,7 +90,7 @@ func (l *ledger) entryLocked(key buffer.Key, now time.Time) *ledgerEntry {
 				return e
 			}
 		}
-		e = &ledgerEntry{StreamStats: StreamStats{Datasource: key.Datasource, TokenID: tokenID(key.Token)}}
+		e = &ledgerEntry{StreamStats: StreamStats{Datasource: key.Datasource, Client: key.Client, TokenID: tokenID(key.Token)}}
 		l.entries[key] = e
 		if key.Datasource != otherStreams {
 			l.labelLocked(key.Datasource) // its series exist from its first event, not its first answer
@@ -267,6 +270,9 @@ func (l *ledger) snapshot() []StreamStats {
 	}
 	slices.SortFunc(out, func(a, b StreamStats) int {
 		if c := strings.Compare(a.Datasource, b.Datasource); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Client, b.Client); c != 0 {
 			return c
 		}
 		return strings.Compare(a.TokenID, b.TokenID)
