@@ -39,6 +39,8 @@ func main() {
 			os.Exit(printVersion())
 		case "status":
 			os.Exit(status(os.Args[2:]))
+		case "hash-token":
+			os.Exit(hashToken(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 		}
 	}
 	os.Exit(run())
@@ -90,11 +92,29 @@ func run() int {
 		log.Error("cannot listen", "admin_addr", cfg.AdminAddr, "err", err)
 		return 1
 	}
+	named, set, err := loadClients(cfg, log)
+	if err != nil {
+		log.Error("cannot start: invalid CLIENTS_FILE", "err", err)
+		return 2
+	}
+	idem, err := openIdempotency(cfg, reg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer idem.close(log)
 	popts := proxyOptions(cfg, fl, st, reg)
 	adm.serveInto(&popts)
+	lim := newLimiter(cfg, reg)
+	admitInto(&popts, cfg, set, lim, idem)
 	srv, err := proxy.New(buf, popts, reg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
+		return 1
+	}
+	named.serveInto(srv)
+	if err := st.shareLimits(lim, log); err != nil {
+		log.Error("cannot start: sharing rate limits over NATS", "err", err)
 		return 1
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
@@ -105,7 +125,7 @@ func run() int {
 	warnUnauthenticated(cfg, log)
 	ver := readBuildVersion()
 	log.Info("listening", "addr", ln.Addr().String(), "version", ver.Module, "revision", ver.Revision, "config", cfg)
-	return serve(cfg, log, buf, fl, st, adm, srv, ln)
+	return serve(cfg, log, buf, fl, st, adm, named, srv, ln)
 }
 
 // answerGrace is how long past SHUTDOWN_TIMEOUT the server waits for
@@ -115,9 +135,14 @@ const answerGrace = 2 * time.Second
 // serve runs the flusher, the store and the server on ln until a signal or
 // a server failure, then shuts them down in reverse start order, and
 // returns the exit status.
-func serve(cfg config.Config, log *slog.Logger, buf *buffer.Buffer, fl *flusher.Flusher, st *store, adm *admin, srv *proxy.Server, ln net.Listener) int {
-	sigCtx, stopSignals := handleSignals(log)
+func serve(cfg config.Config, log *slog.Logger, buf *buffer.Buffer, fl *flusher.Flusher, st *store, adm *admin, named *namedClients, srv *proxy.Server, ln net.Listener) int {
+	var hup func()
+	if named != nil {
+		hup = func() { named.reload("SIGHUP") }
+	}
+	sigCtx, stopSignals := handleSignals(log, hup)
 	defer stopSignals()
+	go named.watch(sigCtx, cfg.ClientsWatchInterval)
 	// The flusher has its own context: it must keep shipping while the
 	// server drains, and only then drain the buffer itself.
 	flushCtx, stopFlusher := context.WithCancel(context.Background())

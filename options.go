@@ -5,15 +5,21 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/clients"
 	"github.com/tbproxy/tbproxy/config"
 	"github.com/tbproxy/tbproxy/flusher"
+	"github.com/tbproxy/tbproxy/limits"
 	"github.com/tbproxy/tbproxy/proxy"
 )
 
 // bufferOptions are the buffer's options from cfg.
 func bufferOptions(cfg config.Config) buffer.Options {
+	share := cfg.BufferStreamShare
+	if share >= 1 {
+		share = 0 // off
+	}
 	return buffer.Options{MaxEvents: cfg.BufferSize, MaxBytes: int(cfg.BufferMaxBytes),
-		MaxDatasources: cfg.MaxDatasources, MaxUnverifiedTokens: cfg.MaxUnverifiedTokens}
+		MaxDatasources: cfg.MaxDatasources, MaxUnverifiedTokens: cfg.MaxUnverifiedTokens, StreamShare: share}
 }
 
 // flusherOptions are the flusher's options from cfg, without dead letters:
@@ -76,4 +82,20 @@ func proxyOptions(cfg config.Config, fl *flusher.Flusher, st *store, reg *promet
 	}
 	st.serveInto(&o)
 	return o
+}
+
+// admitInto gives the server what decides admission beyond the token: the
+// named clients (nil: no CLIENTS_FILE), the limiter (nil: no limits) and
+// the Idempotency-Key store (nil: IDEMPOTENCY_WINDOW=0).
+func admitInto(o *proxy.Options, cfg config.Config, set *clients.Set, lim *limits.Limiter, idem *idempotencyStore) {
+	o.Clients = set
+	if lim != nil {
+		o.Limiter = lim
+		if cfg.ClientTokensUpstream() {
+			o.TokenLimit = limits.Limit{PerMinute: cfg.RateLimitEventsPerMinute, PerDay: cfg.RateLimitEventsPerDay}
+		}
+	}
+	if idem != nil {
+		o.Idempotency = idem.Store
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/config"
 	"github.com/tbproxy/tbproxy/deadletter"
+	"github.com/tbproxy/tbproxy/limits"
 	"github.com/tbproxy/tbproxy/proxy"
 	"github.com/tbproxy/tbproxy/queue"
 	"github.com/tbproxy/tbproxy/spool"
@@ -27,6 +28,7 @@ type store struct {
 
 	stopBridge context.CancelFunc // ends the queue's bridge; set by start
 	bridge     errgroup.Group     // the queue's bridge
+	stopShare  context.CancelFunc // ends sharing rate limits; set by shareLimits
 }
 
 // openStore opens the configured store, or returns an empty one. An error
@@ -83,6 +85,7 @@ func openQueue(cfg config.Config, urls []string, buf *buffer.Buffer, dead *deadl
 		ClientTokens: cfg.ClientTokensUpstream(),
 		MaxBodyBytes: int(cfg.MaxBodyBytes),
 		DeadLetter:   dead.WriteRows,
+		Duplicates:   cfg.IdempotencyWindow,
 	}, reg, log)
 }
 
@@ -145,10 +148,24 @@ func (s *store) stopTaking(timeout time.Duration, log *slog.Logger) {
 	}
 }
 
+// shareLimits makes l's limits one limit across the replicas sharing the
+// queue; without a queue (or limits) each process counts alone.
+func (s *store) shareLimits(l *limits.Limiter, log *slog.Logger) error {
+	if s.queue == nil || l == nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopShare = cancel
+	return shareLimits(ctx, l, s.queue, log)
+}
+
 // close naks what the queue was not told is done and closes its
 // connection, and closes the spool; call it after the flusher's Run
 // returned.
 func (s *store) close(log *slog.Logger) {
+	if s.stopShare != nil {
+		s.stopShare()
+	}
 	if s.queue != nil {
 		if err := s.queue.Close(); err != nil {
 			log.Warn("closing the NATS connection", "err", err)

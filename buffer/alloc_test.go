@@ -7,7 +7,7 @@ import "testing"
 // TestPutReleaseAllocs: in steady state a Put, Take and Release cycle
 // allocates nothing, with the fair share on (for a stream already tracked,
 // beside another) or off.
-func TestPutReleaseAllocs(t *testing.T) {
+func TestPutReleaseAllocations(t *testing.T) {
 	for _, share := range []float64{0, 0.5} {
 		b := New(Options{MaxEvents: 1000, MaxBytes: 4 << 20, StreamShare: share})
 		a, other := Key{Datasource: "a"}, Key{Datasource: "b"}

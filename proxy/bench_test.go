@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/clients"
+	"github.com/tbproxy/tbproxy/limits"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
 )
@@ -82,55 +84,80 @@ func BenchmarkValid(b *testing.B) {
 // Recommended CLI invocation:
 //
 //	go test ./proxy -run '^$' -bench Handler -benchmem -count 5
+//
+// The limited cases send as a named client with both limits on (set high
+// enough never to refuse), and measure what the clients file and the
+// limiter cost per request.
 func BenchmarkHandler(b *testing.B) {
-	for _, k := range []int{1, 10, 100} {
-		b.Run(fmt.Sprintf("events=%d", k), func(b *testing.B) {
-			buf := buffer.New(buffer.Options{MaxEvents: 1 << 30, MaxBytes: 1 << 40})
-			srv, err := New(buf, Options{}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	for _, c := range []struct {
+		name  string
+		opts  func() Options
+		token string
+	}{
+		{"open", func() Options { return Options{} }, ""},
+		{"limited", func() Options {
+			set, err := clients.Parse([]byte(`{"clients":[{"name":"bench","token_sha256":"` + clients.HashToken([]byte(webToken)) +
+				`","datasources":["bench"],"events_per_minute":1000000000000,"events_per_day":1000000000000}]}`))
 			if err != nil {
 				b.Fatal(err)
 			}
-			ln := fasthttputil.NewInmemoryListener()
-			go srv.Serve(ln) //nolint:errcheck // ends with ln.Close
-			defer ln.Close()
-			stop := make(chan struct{})
-			drained := make(chan struct{})
-			go func() {
-				defer close(drained)
-				var got []buffer.Entry
-				for {
-					select {
-					case <-buf.Ready():
-					case <-stop:
-						return
-					}
-					got = buf.Take(got)
-					for _, e := range got {
-						buf.Release(e.Key, e.Rows, e.Data)
-					}
-				}
-			}()
-			client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, ReadTimeout: 10 * time.Second}
-			body := benchBody(k)
-			b.ReportAllocs()
-			b.SetBytes(int64(len(body)))
-			b.RunParallel(func(pb *testing.PB) {
-				req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-				defer fasthttp.ReleaseRequest(req)
-				defer fasthttp.ReleaseResponse(resp)
-				req.SetRequestURI("http://proxy/v0/events?name=bench")
-				req.Header.SetMethod("POST")
-				req.SetBody(body)
-				for pb.Next() {
-					if err := client.Do(req, resp); err != nil || resp.StatusCode() != 202 {
-						b.Errorf("status %d, err %v", resp.StatusCode(), err)
-						return
-					}
-				}
-			})
-			b.ReportMetric(float64(b.N*k)/b.Elapsed().Seconds(), "events/s")
-			close(stop)
-			<-drained
-		})
+			return Options{Clients: set, Limiter: limits.New(limits.Options{})}
+		}, webToken},
+	} {
+		for _, k := range []int{1, 10, 100} {
+			b.Run(fmt.Sprintf("%s/events=%d", c.name, k), func(b *testing.B) { benchHandler(b, c.opts(), c.token, k) })
+		}
 	}
+}
+
+func benchHandler(b *testing.B, opts Options, token string, k int) {
+	buf := buffer.New(buffer.Options{MaxEvents: 1 << 30, MaxBytes: 1 << 40})
+	srv, err := New(buf, opts, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln := fasthttputil.NewInmemoryListener()
+	go srv.Serve(ln) //nolint:errcheck // ends with ln.Close
+	defer ln.Close()
+	stop := make(chan struct{})
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		var got []buffer.Entry
+		for {
+			select {
+			case <-buf.Ready():
+			case <-stop:
+				return
+			}
+			got = buf.Take(got)
+			for _, e := range got {
+				buf.Release(e.Key, e.Rows, e.Data)
+			}
+		}
+	}()
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, ReadTimeout: 10 * time.Second}
+	body := benchBody(k)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	b.RunParallel(func(pb *testing.PB) {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.SetRequestURI("http://proxy/v0/events?name=bench")
+		req.Header.SetMethod("POST")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		req.SetBody(body)
+		for pb.Next() {
+			if err := client.Do(req, resp); err != nil || resp.StatusCode() != 202 {
+				b.Errorf("status %d, err %v", resp.StatusCode(), err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N*k)/b.Elapsed().Seconds(), "events/s")
+	close(stop)
+	<-drained
 }

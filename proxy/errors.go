@@ -9,20 +9,25 @@ import (
 
 // Refusal reasons, the values of tbproxy_requests_refused_total{reason}.
 const (
-	reasonBadRequest   = "bad_request"     // no or invalid name, unsupported encoding
-	reasonUnauthorized = "unauthorized"    // no or unknown token
-	reasonInvalidBody  = "invalid_json"    // a line that is not a JSON object
-	reasonTooLarge     = "too_large"       // body or request larger than allowed
-	reasonBufferFull   = "buffer_full"     // 429: the buffer has no room now
-	reasonShuttingDown = "shutting_down"   // 503: the buffer is closed
-	reasonStorage      = "storage_error"   // 503: the spool could not write
-	reasonOverloaded   = "overloaded"      // 503: REQUEST_MEMORY_BYTES is spent on other requests
-	reasonReadTimeout  = "read_timeout"    // 408: the body did not arrive within READ_TIMEOUT
-	reasonMaxConns     = "max_connections" // 503: a connection over MAX_CONNECTIONS
-	reasonTooManyKeys  = "too_many_keys"   // 429: MAX_DATASOURCES or MAX_UNVERIFIED_TOKENS
+	reasonBadRequest   = "bad_request"            // no or invalid name, unsupported encoding
+	reasonUnauthorized = "unauthorized"           // no or unknown token
+	reasonInvalidBody  = "invalid_json"           // a line that is not a JSON object
+	reasonTooLarge     = "too_large"              // body or request larger than allowed
+	reasonBufferFull   = "buffer_full"            // 429: the buffer has no room now
+	reasonShuttingDown = "shutting_down"          // 503: the buffer is closed
+	reasonStorage      = "storage_error"          // 503: the spool could not write
+	reasonOverloaded   = "overloaded"             // 503: REQUEST_MEMORY_BYTES is spent on other requests
+	reasonReadTimeout  = "read_timeout"           // 408: the body did not arrive within READ_TIMEOUT
+	reasonMaxConns     = "max_connections"        // 503: a connection over MAX_CONNECTIONS
+	reasonTooManyKeys  = "too_many_keys"          // 429: MAX_DATASOURCES or MAX_UNVERIFIED_TOKENS
+	reasonNotAllowed   = "datasource_not_allowed" // 403: outside a named client's allow-list
+	reasonRateLimited  = "rate_limited"           // 429: a client's events_per_minute or events_per_day
+	reasonStreamShare  = "stream_share"           // 429: one stream holds its BUFFER_STREAM_SHARE while others send
+	reasonIdempotency  = "idempotency_conflict"   // 422, 409: an Idempotency-Key reused with another body, or still in flight
 )
 
-var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage, reasonOverloaded, reasonReadTimeout, reasonMaxConns, reasonTooManyKeys}
+var refusalReasons = []string{reasonBadRequest, reasonUnauthorized, reasonInvalidBody, reasonTooLarge, reasonBufferFull, reasonShuttingDown, reasonStorage, reasonOverloaded, reasonReadTimeout, reasonMaxConns, reasonTooManyKeys,
+	reasonNotAllowed, reasonRateLimited, reasonStreamShare, reasonIdempotency}
 
 // errorBody renders Tinybird's error shape, {"error":"<message>"}. Every
 // error the proxy sends is JSON: clients such as zod-bird call res.json() on
@@ -72,6 +77,12 @@ var (
 	bodyHeadersTooLarge     = errorBody("request headers too large (MAX_HEADER_BYTES)")
 	bodyUnreadable          = errorBody("the request body could not be read (malformed chunked encoding or a connection error); nothing was stored")
 	bodyTooManyEvents       = errorBody("request holds more events or bytes than the proxy's whole buffer; split it into smaller requests")
+	bodyTooManyLimited      = errorBody("too many distinct tokens are being rate limited at once (RATE_LIMIT_MAX_KEYS); retry after the time in Retry-After")
+	bodyStreamShare         = errorBody("this client's events for this datasource fill their share of the proxy's buffer (BUFFER_STREAM_SHARE) while other clients are sending; retry after the time in Retry-After")
+	bodyBadIdempotencyKey   = errorBody("invalid Idempotency-Key: 1 to 256 printable ASCII characters")
+	bodyIdempotencyMismatch = errorBody("this Idempotency-Key was used with a different body within IDEMPOTENCY_WINDOW; use a new key for new events")
+	bodyIdempotencyInFlight = errorBody("a request with this Idempotency-Key is still in flight; retry after the time in Retry-After")
+	bodyIdempotencyFull     = errorBody("too many Idempotency-Key requests in flight at once (IDEMPOTENCY_MAX_KEYS); retry after the time in Retry-After")
 )
 
 func bodyTooLarge(limit int) []byte {

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"log/slog"
 	"net"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/idempotency"
 	"github.com/valyala/fasthttp"
 )
 
@@ -19,11 +19,12 @@ import (
 const maxPooledLines = 64 << 10
 
 // events handles POST /v0/events?name=<datasource>. The request is accepted
-// whole (202) or refused whole: nothing is stored unless every line is valid
-// and the buffer has room for all of them. It reads as parse (the request
-// line, then the body), store, respond.
+// whole (202) or refused whole: nothing is stored unless every line is valid,
+// its client is within its limits and the buffer has room for all of them.
+// It reads as parse (the request line, then the body), admit (a repeated
+// Idempotency-Key, the client's limits), store, respond.
 func (s *Server) events(ctx *fasthttp.RequestCtx) {
-	key, ok := s.eventsKey(ctx)
+	key, who, ok := s.eventsKey(ctx)
 	if !ok {
 		return
 	}
@@ -33,66 +34,100 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		if r.status == fasthttp.StatusServiceUnavailable {
 			ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		}
-		s.refuse(ctx, r.status, r.reason, r.body, 0)
+		s.refuseClient(ctx, who, r.status, r.reason, r.body, 0)
 		if r.unread {
 			ctx.SetConnectionClose() // the rest of the body was not read
 		}
 		return
 	}
 	lines := b.lines
+	k, ok := s.beginKeyed(ctx, who, key, lines)
+	if !ok {
+		return
+	}
+	defer k.forget() // a no-op once done
+	r, ok := s.admitRate(ctx, who, len(lines))
+	if !ok {
+		return
+	}
 	wait := isTrue(ctx.QueryArgs().Peek("wait"))
 	var w *buffer.Waiter
 	if wait && len(lines) > 0 {
 		w = buffer.NewWaiter()
 	}
-	if err := s.store.PutWaiting(key, lines, w); err != nil {
-		s.refuseStore(ctx, err, lines)
+	if dup, err := s.put(key, lines, w, k.id); err != nil || dup {
+		s.refund(r)
+		if err != nil {
+			s.refuseStore(ctx, who, err, lines)
+			return
+		}
+		// The queue had it from an earlier request, maybe another
+		// replica's: stored once, answered as stored.
+		ctx.Response.Header.Set("Idempotent-Replayed", "true")
+		k.done(writeAnswer(ctx, idempotency.Answer{Status: fasthttp.StatusAccepted, Successful: len(lines)}))
 		return
 	}
-
 	s.m.accepted.Add(float64(len(lines)))
+	s.m.clientAccepted(who.name(), len(lines))
+	k.stored(s, ctx, len(lines))
 	// The buffer copied the lines: give the body's memory back now, not
 	// after a wait=true request has waited up to WAIT_TIMEOUT.
 	s.release(&b)
 	if w != nil {
-		s.await(ctx, w)
+		k.done(s.await(ctx, w, len(lines)))
 		return
 	}
 	status := fasthttp.StatusAccepted
 	if wait {
 		status = fasthttp.StatusOK // nothing to wait for: an empty body
 	}
-	writeSuccess(ctx, status, len(lines), 0)
+	k.done(writeAnswer(ctx, idempotency.Answer{Status: status, Successful: len(lines)}))
 }
 
-// eventsKey checks the method, the datasource name and the token, and
-// returns the key the request's rows are stored under; false means the
-// request was refused.
-func (s *Server) eventsKey(ctx *fasthttp.RequestCtx) (buffer.Key, bool) {
+// put hands the request to the store; id, when not "", is its idempotency
+// id for a store that deduplicates by one (the queue).
+func (s *Server) put(key buffer.Key, lines [][]byte, w *buffer.Waiter, id string) (duplicate bool, err error) {
+	if id != "" {
+		if is, ok := s.store.(IdempotentStore); ok {
+			return is.PutIdempotent(key, lines, w, id)
+		}
+	}
+	return false, s.store.PutWaiting(key, lines, w)
+}
+
+// eventsKey checks the method, the datasource name, the token and the
+// client's allow-list, and returns the key the request's rows are stored
+// under and who sent them; false means the request was refused.
+func (s *Server) eventsKey(ctx *fasthttp.RequestCtx) (buffer.Key, caller, bool) {
 	if !ctx.IsPost() {
 		ctx.Response.Header.Set(fasthttp.HeaderAllow, "POST")
 		writeError(ctx, fasthttp.StatusMethodNotAllowed, bodyNotAllowed)
-		return buffer.Key{}, false
+		return buffer.Key{}, caller{}, false
 	}
 	name := ctx.QueryArgs().Peek("name")
 	if len(name) == 0 {
 		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyMissingName, 0)
-		return buffer.Key{}, false
+		return buffer.Key{}, caller{}, false
 	}
 	if !buffer.ValidDatasource(name) {
 		s.refuse(ctx, fasthttp.StatusBadRequest, reasonBadRequest, bodyBadName, 0)
-		return buffer.Key{}, false
+		return buffer.Key{}, caller{}, false
 	}
 	token := requestToken(ctx)
-	if body := s.checkToken(token); body != nil {
+	client, body := s.checkToken(token)
+	if body != nil {
 		s.refuse(ctx, fasthttp.StatusForbidden, reasonUnauthorized, body, 0)
-		return buffer.Key{}, false
+		return buffer.Key{}, caller{}, false
 	}
-	key := buffer.Key{Datasource: s.names.intern(name)}
+	who := caller{client: client, token: token}
+	if !s.allowed(ctx, who, name) {
+		return buffer.Key{}, caller{}, false
+	}
+	key := buffer.Key{Datasource: s.names.intern(name), Client: who.name()}
 	if s.opts.PassThrough {
 		key.Token = string(token)
 	}
-	return key, true
+	return key, who, true
 }
 
 // storeRefusals is what a client is told when the store refuses its rows,
@@ -110,23 +145,31 @@ var storeRefusals = [...]struct {
 	// They pass as soon as the flusher delivers what is held.
 	{buffer.ErrTooManyDatasources, fasthttp.StatusTooManyRequests, reasonTooManyKeys, bodyTooManyNames, "1"},
 	{buffer.ErrTooManyTokens, fasthttp.StatusTooManyRequests, reasonTooManyKeys, bodyTooManyTokens, "1"},
+	{buffer.ErrStreamShare, fasthttp.StatusTooManyRequests, reasonStreamShare, nil, ""}, // body and Retry-After below
 	{buffer.ErrDenied, fasthttp.StatusForbidden, reasonUnauthorized, bodyDeniedToken, ""},
 	{buffer.ErrStorage, fasthttp.StatusServiceUnavailable, reasonStorage, bodyStorage, "5"},
 	{buffer.ErrClosed, fasthttp.StatusServiceUnavailable, reasonShuttingDown, bodyShuttingDown, ""},
 }
 
 // refuseStore answers a request whose rows the store refused with err.
-func (s *Server) refuseStore(ctx *fasthttp.RequestCtx, err error, lines [][]byte) {
+func (s *Server) refuseStore(ctx *fasthttp.RequestCtx, who caller, err error, lines [][]byte) {
 	for _, c := range storeRefusals {
-		if errors.Is(err, c.err) { // before ErrFull: too many keys is a full buffer too
+		if c.body != nil && errors.Is(err, c.err) { // before ErrFull: too many keys is a full buffer too
 			if c.retryAfter != "" {
 				ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, c.retryAfter)
 			}
-			s.refuse(ctx, c.status, c.reason, c.body, len(lines))
+			s.refuseClient(ctx, who, c.status, c.reason, c.body, len(lines))
 			return
 		}
 	}
 	switch {
+	case errors.Is(err, buffer.ErrStreamShare):
+		// One client's stream holds its share while others send: it waits
+		// for its own rows to drain, the others keep flowing.
+		secs := retryAfterSeconds(s.buf.RetryAfter(len(lines), buffer.Size(lines)))
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, secs)
+		s.refuseClient(ctx, who, fasthttp.StatusTooManyRequests, reasonStreamShare, bodyStreamShare, len(lines))
+		return
 	case errors.Is(err, buffer.ErrFull):
 		body, wait := bodyBufferFull, time.Duration(0)
 		if full := (*buffer.FullError)(nil); errors.As(err, &full) { // the store's own limit: the spool's disk
@@ -140,26 +183,28 @@ func (s *Server) refuseStore(ctx *fasthttp.RequestCtx, err error, lines [][]byte
 		h.Set("X-RateLimit-Limit", strconv.Itoa(s.buf.Stats().MaxEvents))
 		h.Set("X-RateLimit-Remaining", "0")
 		h.Set("X-RateLimit-Reset", secs)
-		s.refuse(ctx, fasthttp.StatusTooManyRequests, reasonBufferFull, body, len(lines))
+		s.refuseClient(ctx, who, fasthttp.StatusTooManyRequests, reasonBufferFull, body, len(lines))
 		return
 	case errors.Is(err, buffer.ErrTooLarge):
 		body := bodyTooManyEvents
 		if tl := (*buffer.TooLargeError)(nil); errors.As(err, &tl) {
 			body = errorBody("request larger than " + tl.Limit + "; split it into smaller requests")
 		}
-		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, body, len(lines))
+		s.refuseClient(ctx, who, fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, body, len(lines))
 		return
 	}
 	closed := storeRefusals[len(storeRefusals)-1]
-	s.refuse(ctx, closed.status, closed.reason, closed.body, len(lines))
+	s.refuseClient(ctx, who, closed.status, closed.reason, closed.body, len(lines))
 }
 
 // await holds a wait=true request until its rows are acknowledged upstream
 // (200 with its rows' counts), refused for good (upstream's status and
 // error), or WaitTimeout passes (503: the rows stay queued and will still be
-// delivered, so a client that retries may create duplicates). The handler's
-// goroutine blocks on one channel; nothing spins and nothing locks per row.
-func (s *Server) await(ctx *fasthttp.RequestCtx, w *buffer.Waiter) {
+// delivered, so a client that retries without an Idempotency-Key may create
+// duplicates). The handler's goroutine blocks on one channel; nothing spins
+// and nothing locks per row. It returns what a repeat of the request with
+// its Idempotency-Key is told: after a timeout, that the n rows are stored.
+func (s *Server) await(ctx *fasthttp.RequestCtx, w *buffer.Waiter, n int) idempotency.Answer {
 	t := time.NewTimer(s.opts.WaitTimeout)
 	defer t.Stop()
 	select {
@@ -169,21 +214,23 @@ func (s *Server) await(ctx *fasthttp.RequestCtx, w *buffer.Waiter) {
 		s.m.waitTimeouts.Inc()
 		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, strconv.Itoa(max(1, int(s.opts.WaitTimeout.Round(time.Second)/time.Second))))
 		writeError(ctx, fasthttp.StatusServiceUnavailable, bodyWaitTimeout)
-		return
+		return idempotency.Answer{Status: fasthttp.StatusAccepted, Successful: n}
 	}
 	successful, quarantined, f := w.Result()
 	if f != nil {
-		writeError(ctx, f.Status, errorBody(f.Message))
-		return
+		return writeAnswer(ctx, idempotency.Answer{Status: f.Status, Error: f.Message})
 	}
-	writeSuccess(ctx, fasthttp.StatusOK, successful, quarantined)
+	return writeAnswer(ctx, idempotency.Answer{Status: fasthttp.StatusOK, Successful: successful, Quarantined: quarantined})
 }
 
-func writeSuccess(ctx *fasthttp.RequestCtx, status, successful, quarantined int) {
-	ctx.Response.Header.SetContentType("application/json")
-	ctx.SetStatusCode(status)
-	var b [80]byte
-	ctx.SetBody(successBody(b[:0], successful, quarantined))
+// writeAnswer answers with a: its error, or its counts. It returns a.
+func writeAnswer(ctx *fasthttp.RequestCtx, a idempotency.Answer) idempotency.Answer {
+	if a.Error != "" {
+		writeError(ctx, a.Status, errorBody(a.Error))
+		return a
+	}
+	writeSuccess(ctx, a.Status, a.Successful, a.Quarantined)
+	return a
 }
 
 // retryAfterSeconds renders d for Retry-After as whole seconds, rounded
@@ -200,10 +247,21 @@ func isTrue(v []byte) bool {
 }
 
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, reason string, body []byte, events int) {
+	s.refuseClient(ctx, caller{}, status, reason, body, events)
+}
+
+// refuseClient answers status with body, counts the refusal by reason
+// (and by client, for a named one) and logs it at debug level with the
+// client's name, never its token.
+func (s *Server) refuseClient(ctx *fasthttp.RequestCtx, who caller, status int, reason string, body []byte, events int) {
 	s.m.refused(reason, events)
+	name := who.name()
+	if name != "" {
+		s.m.clientRefused(name, reason)
+	}
 	writeError(ctx, status, body)
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("request refused", "request_id", requestID(ctx), "status", status, "reason", reason, "events", events)
+		s.log.Debug("request refused", "request_id", requestID(ctx), "client", name, "status", status, "reason", reason, "events", events)
 	}
 }
 
@@ -372,39 +430,15 @@ func requestToken(ctx *fasthttp.RequestCtx) []byte {
 	return ctx.QueryArgs().Peek("token")
 }
 
-// checkToken returns nil if token may use the proxy, else the body of the
-// 403 to answer. A token that is present must be 1 to MaxTokenBytes of
-// printable ASCII without spaces, in every mode: no token has other bytes,
-// and these would otherwise be forwarded, stored and spooled as they came.
-// In pass-through mode any such token may use the proxy (upstream judges
-// it); otherwise it must equal one of the configured tokens, compared in
-// constant time and against every one of them, so timing reveals neither a
-// prefix nor which token matched. With no configured tokens, anyone may.
-func (s *Server) checkToken(token []byte) []byte {
-	if len(token) > 0 && !s.tokenShape(token) {
-		return s.badShape
-	}
-	if !s.opts.PassThrough && len(s.tokens) == 0 {
-		return nil
-	}
-	if len(token) == 0 {
-		return bodyNoToken
-	}
-	if s.opts.PassThrough {
-		return nil
-	}
-	ok := 0
-	for _, t := range s.tokens {
-		ok |= subtle.ConstantTimeCompare(token, t)
-	}
-	if ok != 1 {
-		return bodyBadToken
-	}
-	return nil
-}
-
 // tokenShape reports whether token is 1 to MaxTokenBytes bytes of printable
 // ASCII, with no spaces.
 func (s *Server) tokenShape(token []byte) bool {
 	return buffer.ValidToken(token, s.opts.MaxTokenBytes)
+}
+
+func writeSuccess(ctx *fasthttp.RequestCtx, status, successful, quarantined int) {
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.SetStatusCode(status)
+	var b [80]byte
+	ctx.SetBody(successBody(b[:0], successful, quarantined))
 }

@@ -20,6 +20,10 @@ type metrics struct {
 	eventsByStatus map[int]prometheus.Counter // pre-resolved hot-path children
 	waitTimeouts   prometheus.Counter
 	requestMemory  prometheus.GaugeFunc
+	replayed       prometheus.Counter
+	// By named client (CLIENTS_FILE bounds the names).
+	clientEvents   *prometheus.CounterVec
+	clientRefusals *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, budget *memBudget) (*metrics, error) {
@@ -45,6 +49,18 @@ func newMetrics(reg prometheus.Registerer, budget *memBudget) (*metrics, error) 
 			Name: "tbproxy_request_memory_bytes",
 			Help: "Memory held by requests whose bodies are being read, decoded and split, against REQUEST_MEMORY_BYTES.",
 		}, func() float64 { return float64(budget.used.Load()) }),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tbproxy_idempotent_replays_total",
+			Help: "Requests answered with an earlier request's answer because they repeated its Idempotency-Key; nothing was stored for them.",
+		}),
+		clientEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tbproxy_client_events_accepted_total",
+			Help: "Events accepted from each named client (CLIENTS_FILE).",
+		}, []string{"client"}),
+		clientRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tbproxy_client_requests_refused_total",
+			Help: "Requests refused from each named client (CLIENTS_FILE), by reason (as tbproxy_requests_refused_total).",
+		}, []string{"client", "reason"}),
 		waitTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tbproxy_wait_timeouts_total",
 			Help: "wait=true requests answered 503 because upstream had not acknowledged their rows within WAIT_TIMEOUT.",
@@ -53,13 +69,13 @@ func newMetrics(reg prometheus.Registerer, budget *memBudget) (*metrics, error) 
 	for _, r := range refusalReasons {
 		m.refusedReqs.WithLabelValues(r)
 	}
-	for _, r := range []string{reasonBufferFull, reasonTooLarge, reasonShuttingDown, reasonStorage} {
+	for _, r := range []string{reasonBufferFull, reasonTooLarge, reasonShuttingDown, reasonStorage, reasonRateLimited, reasonStreamShare} {
 		m.refusedEvents.WithLabelValues(r)
 	}
-	for _, code := range []int{200, 202, 400, 403, 405, 413, 415, 429, 503} {
+	for _, code := range []int{200, 202, 400, 403, 405, 409, 413, 415, 422, 429, 503} {
 		m.eventsByStatus[code] = m.requests.WithLabelValues(handlerEvents, strconv.Itoa(code))
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.accepted, m.refusedReqs, m.refusedEvents, m.waitTimeouts, m.requestMemory} {
+	for _, c := range []prometheus.Collector{m.requests, m.accepted, m.refusedReqs, m.refusedEvents, m.waitTimeouts, m.requestMemory, m.replayed, m.clientEvents, m.clientRefusals} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -82,4 +98,17 @@ func (m *metrics) refused(reason string, events int) {
 	if events > 0 {
 		m.refusedEvents.WithLabelValues(reason).Add(float64(events))
 	}
+}
+
+// clientAccepted counts n events accepted from the named client name ("":
+// unnamed, not counted by client).
+func (m *metrics) clientAccepted(name string, n int) {
+	if name != "" {
+		m.clientEvents.WithLabelValues(name).Add(float64(n))
+	}
+}
+
+// clientRefused counts a request refused from the named client name.
+func (m *metrics) clientRefused(name, reason string) {
+	m.clientRefusals.WithLabelValues(name, reason).Inc()
 }

@@ -132,8 +132,15 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) {
 	// answers it as it would answer the client. A ?token= is held to a
 	// token's shape even when another Authorization scheme is used.
 	if token := requestToken(ctx); len(token) > 0 || !s.opts.PassThrough {
-		if body := s.checkToken(token); body != nil {
+		client, body := s.checkToken(token)
+		if body != nil {
 			writeError(ctx, fasthttp.StatusForbidden, body)
+			return
+		}
+		if client != nil && len(client.Datasources) > 0 {
+			// The rest of the API goes with TINYBIRD_TOKEN: it would reach
+			// every datasource, past the client's allow-list.
+			writeError(ctx, fasthttp.StatusForbidden, errorBody("client '"+client.Name+"' may only send events to its datasources (CLIENTS_FILE): the rest of the API is not forwarded for it"))
 			return
 		}
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/clients"
+	"github.com/tbproxy/tbproxy/limits"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 )
@@ -87,6 +89,18 @@ type Options struct {
 	Admin fasthttp.RequestHandler
 	// NoMetrics answers /metrics 404: it is served on ADMIN_ADDR instead.
 	NoMetrics bool
+	// Clients are the named clients of CLIENTS_FILE, accepted beside Tokens
+	// (SetClients replaces them); nil means none. Not in PassThrough mode.
+	Clients *clients.Set
+	// Limiter, when set, counts named clients' events against their
+	// limits, and in PassThrough mode each token's against TokenLimit.
+	Limiter Limiter
+	// TokenLimit limits each client token in PassThrough mode
+	// (RATE_LIMIT_EVENTS_PER_MINUTE/DAY); zero is no limit.
+	TokenLimit limits.Limit
+	// Idempotency, when set, stores a request with an Idempotency-Key at
+	// most once (IDEMPOTENCY_WINDOW).
+	Idempotency Idempotency
 }
 
 func (o *Options) setDefaults() {
@@ -160,6 +174,7 @@ type Server struct {
 	cors           cors
 
 	draining atomic.Bool
+	clients  atomic.Pointer[clients.Set] // nil: no CLIENTS_FILE
 }
 
 // New returns a Server that stores accepted events in buf. Metrics are
@@ -198,6 +213,9 @@ func New(buf *buffer.Buffer, opts Options, reg prometheus.Registerer, log *slog.
 	s.refuseTooLarge = &refusal{fasthttp.StatusRequestEntityTooLarge, reasonTooLarge, bodyTooLarge(opts.MaxBodyBytes), true}
 	for _, t := range opts.Tokens {
 		s.tokens = append(s.tokens, []byte(t))
+	}
+	if opts.Clients != nil {
+		s.clients.Store(opts.Clients)
 	}
 	s.srv = &fasthttp.Server{
 		Handler:            s.route,
