@@ -529,3 +529,24 @@ func TestSpilledRowsOfADeniedTokenAreDropped(t *testing.T) {
 		t.Errorf("a restart replayed %q; want nothing: the dropped row was retired", rows)
 	}
 }
+
+// TestSpilledNamedClientIsFed: a named client's request spilled to disk is
+// fed back like any other: the spool's records carry no client, so its
+// stream is the datasource's, in memory and on disk alike.
+func TestSpilledNamedClientIsFed(t *testing.T) {
+	buf := buffer.New(buffer.Options{MaxEvents: 2, MaxBytes: 1 << 20, StreamShare: 0.5})
+	s, _, _ := openObserved(t, t.TempDir(), buf, Options{SegmentBytes: 64 << 10})
+	var want []string
+	for i := range 20 {
+		row := fmt.Sprintf(`{"i":%d}`, i)
+		if err := s.PutWaiting(buffer.Key{Datasource: "ds", Client: "web"}, lines(row), nil); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		want = append(want, "ds "+row)
+	}
+	c := &consumer{buf: buf}
+	c.deliverAll(t, 20)
+	if !slices.Equal(c.rows, want) {
+		t.Errorf("delivered %v; want %v", c.rows, want)
+	}
+}

@@ -24,6 +24,10 @@ func (s *Spool) PutWaiting(key buffer.Key, lines [][]byte, w *buffer.Waiter) err
 	if n == 0 {
 		return nil
 	}
+	// A record names its token and datasource, not a named client: the
+	// spool keys a stream the same way in memory, on disk and when it feeds
+	// the backlog back (docs/clients.md, fair share with SPOOL_DIR).
+	key.Client = ""
 	size := buffer.Size(lines)
 	if err := s.buf.Admits(key, n, size); err != nil {
 		return err
