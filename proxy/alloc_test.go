@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tbproxy/tbproxy/buffer"
+	"github.com/tbproxy/tbproxy/clients"
+	"github.com/tbproxy/tbproxy/limits"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
 )
@@ -50,8 +52,27 @@ func TestAcceptPathAllocations(t *testing.T) {
 // StreamRequestBody (which passthrough uploads need) it discards what a
 // handler left unread through an io.LimitReader, even when nothing is left.
 func TestHandlerAllocations(t *testing.T) {
+	// A named client without limits, beside the limiter, costs no
+	// allocation either: a digest lookup and a cached counter.
+	set, err := clients.Parse([]byte(`{"clients":[{"name":"web","token_sha256":"` + clients.HashToken([]byte(webToken)) + `","datasources":["ds"]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		opts  Options
+		token string
+	}{
+		{"open", Options{}, ""},
+		{"named client", Options{Clients: set, Limiter: limits.New(limits.Options{}), Idempotency: openKeys(t)}, webToken},
+	} {
+		t.Run(c.name, func(t *testing.T) { handlerAllocations(t, c.opts, c.token) })
+	}
+}
+
+func handlerAllocations(t *testing.T, opts Options, token string) {
 	buf := buffer.New(buffer.Options{MaxEvents: 1 << 30, MaxBytes: 1 << 40})
-	srv, err := New(buf, Options{}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	srv, err := New(buf, opts, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +87,9 @@ func TestHandlerAllocations(t *testing.T) {
 	for _, k := range []int{1, 100} {
 		req.SetRequestURI("http://proxy/v0/events?name=ds")
 		req.Header.SetMethod("POST")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
 		req.SetBody(benchBody(k))
 		n := testing.AllocsPerRun(2000, func() {
 			if err := client.Do(req, resp); err != nil || resp.StatusCode() != 202 {
