@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tbproxy/tbproxy/clients"
 	"github.com/tbproxy/tbproxy/internal/fakebird"
 	"github.com/tbproxy/tbproxy/internal/natstest"
 	"github.com/tbproxy/tbproxy/internal/poll"
@@ -67,11 +68,23 @@ func TestE2EMetricsMatchDocs(t *testing.T) {
 	spooled := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "SPOOL_DIR": t.TempDir()})
 	queued := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(),
 		"QUEUE_URL": natstest.Start(t).URL(), "QUEUE_MAX_BYTES": "64MiB"})
+	// And one with a named client, accepted once and refused once, so the
+	// per-client and limiter series exist.
+	clientsFile := filepath.Join(t.TempDir(), "clients.json")
+	if err := os.WriteFile(clientsFile, []byte(`{"clients":[{"name":"docs","token_sha256":"`+clients.HashToken([]byte(clientToken))+
+		`","datasources":["metrics_docs"],"events_per_minute":100}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	named := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "TINYBIRD_TOKEN": upstreamToken, "CLIENTS_FILE": clientsFile})
+	post{ds: "metrics_docs", token: clientToken, lines: []string{`{"a":1}`}}.mustAccept(t, newClient(false), named.base)
+	if r, err := (post{ds: "elsewhere", token: clientToken, lines: []string{`{"a":1}`}}).send(newClient(false), named.base); err != nil || r.status != http.StatusForbidden {
+		t.Fatalf("a datasource outside the allow-list: got %v %d; want 403", err, r.status)
+	}
 	// One event delivered makes the per-datasource series exist.
 	post{ds: "metrics_docs", token: clientToken, lines: []string{`{"a":1}`}}.mustAccept(t, newClient(false), spooled.base)
-	poll.Until(t, "the event delivered", func() bool { return fb.RowCount() == 1 })
+	poll.Until(t, "the events delivered", func() bool { return fb.RowCount() == 2 })
 	var exposed []string
-	for _, c := range []*child{spooled, queued} {
+	for _, c := range []*child{spooled, queued, named} {
 		_, body := getStatus(t, c.base+"/metrics")
 		for _, m := range regexp.MustCompile(`(?m)^# TYPE (tbproxy_[a-z_]+) `).FindAllStringSubmatch(body, -1) {
 			exposed = append(exposed, m[1])
