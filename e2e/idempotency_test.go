@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -61,32 +60,8 @@ func idemSend(client *http.Client, base string, p post, key string) (reply, erro
 // idemSendBody sends p's request with body as its wire body (encoded as
 // p.gzip says) and Idempotency-Key key (none when key is "").
 func idemSendBody(client *http.Client, base string, p post, key string, body []byte) (reply, error) {
-	q := url.Values{"name": {p.ds}}
-	if p.wait {
-		q.Set("wait", "true")
-	}
-	req, err := http.NewRequest(http.MethodPost, base+"/v0/events?"+q.Encode(), bytes.NewReader(body))
-	if err != nil {
-		return reply{}, err
-	}
-	req.Header.Set("Content-Type", "application/x-ndjson")
-	if p.gzip {
-		req.Header.Set("Content-Encoding", "gzip")
-	}
-	if p.token != "" {
-		req.Header.Set("Authorization", "Bearer "+p.token)
-	}
-	if key != "" {
-		req.Header.Set("Idempotency-Key", key)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	_, err = b.ReadFrom(resp.Body)
-	return reply{resp.StatusCode, resp.Header, b.Bytes()}, err
+	p.key = key
+	return p.sendBody(client, base, body)
 }
 
 // idemSendResolved sends p with key, retrying a 409 (the first request

@@ -203,7 +203,8 @@ type post struct {
 	tokenQuery  bool // ?token= instead of Authorization: Bearer
 	gzip        bool
 	noFinalLine bool
-	wait        bool // wait=true
+	wait        bool   // wait=true
+	key         string // Idempotency-Key, if not ""
 	lines       []string
 }
 
@@ -214,13 +215,6 @@ type reply struct {
 }
 
 func (p post) send(client *http.Client, base string) (reply, error) {
-	q := url.Values{"name": {p.ds}}
-	if p.tokenQuery {
-		q.Set("token", p.token)
-	}
-	if p.wait {
-		q.Set("wait", "true")
-	}
 	body := []byte(strings.Join(p.lines, "\n"))
 	if !p.noFinalLine {
 		body = append(body, '\n')
@@ -232,6 +226,19 @@ func (p post) send(client *http.Client, base string) (reply, error) {
 		zw.Close()
 		body = b.Bytes()
 	}
+	return p.sendBody(client, base, body)
+}
+
+// sendBody sends p's request with body as it goes on the wire (already
+// encoded as p.gzip says), ignoring p.lines.
+func (p post) sendBody(client *http.Client, base string, body []byte) (reply, error) {
+	q := url.Values{"name": {p.ds}}
+	if p.tokenQuery {
+		q.Set("token", p.token)
+	}
+	if p.wait {
+		q.Set("wait", "true")
+	}
 	req, err := http.NewRequest(http.MethodPost, base+"/v0/events?"+q.Encode(), bytes.NewReader(body))
 	if err != nil {
 		return reply{}, err
@@ -242,6 +249,9 @@ func (p post) send(client *http.Client, base string) (reply, error) {
 	}
 	if p.token != "" && !p.tokenQuery {
 		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
+	if p.key != "" {
+		req.Header.Set("Idempotency-Key", p.key)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
