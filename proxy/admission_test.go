@@ -324,3 +324,48 @@ func TestRefuseStoreStreamShare(t *testing.T) {
 		t.Error("ErrStreamShare must be a full buffer to the spool")
 	}
 }
+
+// TestBoundsOfClientDrivenTables: tokens a client invents cannot grow the
+// limiter past RATE_LIMIT_MAX_KEYS, nor keys the Idempotency-Key store
+// past IDEMPOTENCY_MAX_KEYS.
+func TestBoundsOfClientDrivenTables(t *testing.T) {
+	lim := limits.New(limits.Options{MaxKeys: 3})
+	ts := startServer(t, Options{PassThrough: true, Limiter: lim, TokenLimit: limits.Limit{PerDay: 100}}, buffer.Options{})
+	for i := range 3 {
+		if res := ts.do(t, "POST", "/v0/events?name=ds", authBearer("p.token"+strconv.Itoa(i)), []byte(`{"a":1}`)); res.status != 202 {
+			t.Fatalf("token %d: got %d", i, res.status)
+		}
+	}
+	res := ts.do(t, "POST", "/v0/events?name=ds", authBearer("p.token3"), []byte(`{"a":1}`))
+	if res.status != 429 || res.header.Get("Retry-After") != "1" || !strings.Contains(res.body, "RATE_LIMIT_MAX_KEYS") {
+		t.Fatalf("a fourth token with three counted today: got %d %s; want 429 naming RATE_LIMIT_MAX_KEYS", res.status, res.body)
+	}
+	if lim.Len() != 3 {
+		t.Fatalf("the limiter tracks %d tokens; want 3", lim.Len())
+	}
+
+	keys, err := idempotency.Open(idempotency.Options{MaxKeys: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = keys.Close() })
+	ts2 := startServer(t, Options{Idempotency: keys}, buffer.Options{})
+	post := func(key string) response {
+		return ts2.do(t, "POST", "/v0/events?name=ds", map[string]string{"Idempotency-Key": key}, []byte(`{"a":1}`))
+	}
+	for _, k := range []string{"k1", "k2", "k3"} {
+		if res := post(k); res.status != 202 || res.header.Get("Idempotent-Replayed") != "" {
+			t.Fatalf("%s: got %d %v", k, res.status, res.header)
+		}
+	}
+	// k1 was evicted for k3: its repeat is stored again (counted), k3's is not.
+	if res := post("k1"); res.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("k1 after its eviction: replayed; want stored again")
+	}
+	if res := post("k3"); res.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("k3: not replayed")
+	}
+	if n := ts2.buf.Len(); n != 4 {
+		t.Fatalf("stored %d events; want 4 (k1 twice, k2, k3)", n)
+	}
+}
