@@ -26,6 +26,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -415,4 +417,81 @@ func workerCheckSent(t *testing.T, sent []exchange, ids []string, token string) 
 	}
 	t.Logf("the Worker sent %d events, one request each, every one answered 202; e.g. %s", len(lines), lines[0])
 	return lines
+}
+
+// TestE2EWorkerIngestIdempotencyKey runs the Worker example's ingest
+// (src/ingest.js, what its README shows) with Node.js against the proxy:
+// an event sent twice under one key, and one whose first answer was lost
+// on the way back (the Worker timed out and retried), are each stored once
+// and the repeats told they were replays.
+func TestE2EWorkerIngestIdempotencyKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the built binary and Node.js (skipped with -short)")
+	}
+	t.Parallel()
+	node, _ := workerFindNode(t)
+	fb := fakebird.NewTB(t, fakebird.Options{Tokens: []string{upstreamToken}})
+	p := startProxy(t, map[string]string{"TINYBIRD_BASE_URL": fb.URL(), "TINYBIRD_TOKEN": upstreamToken,
+		"AUTHORIZATION_TOKEN": clientToken, "FLUSH_INTERVAL": "100"})
+	src, err := filepath.Abs(filepath.Join(workerDir, "src", "ingest.js"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := `
+import { ingest } from ` + strconv.Quote("file://"+src) + `;
+const env = { TINYBIRD_URL: process.env.TINYBIRD_URL, TINYBIRD_TOKEN: process.env.TINYBIRD_TOKEN };
+let lost = false;
+// The first answer for e3 never reaches the Worker: the request was stored.
+const lossy = async (url, init) => {
+  const res = await fetch(url, init);
+  if (!lost) { lost = true; throw new Error("connection reset before the answer"); }
+  return res;
+};
+const out = [];
+out.push(await ingest(env, "worker_keys", { id: "e1", n: 1 }, "e1"));
+out.push(await ingest(env, "worker_keys", { id: "e1", n: 1 }, "e1"));
+out.push(await ingest(env, "worker_keys", { id: "e2", n: 2 }, "e2"));
+out.push(await ingest(env, "worker_keys", { id: "e3", n: 3 }, "e3", { fetchImpl: lossy }));
+console.log(JSON.stringify(out));
+`
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "--input-type=module", "-e", script)
+	cmd.Env = append(os.Environ(), "TINYBIRD_URL="+p.base, "TINYBIRD_TOKEN="+clientToken)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	var got []struct {
+		Successful int  `json:"successful_rows"`
+		Replayed   bool `json:"replayed"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("node printed %q: %v", out, err)
+	}
+	want := []bool{false, true, false, true}
+	if len(got) != len(want) {
+		t.Fatalf("got %d answers; want %d: %s", len(got), len(want), out)
+	}
+	for i, g := range got {
+		if g.Successful != 1 || g.Replayed != want[i] {
+			t.Errorf("answer %d: %+v; want 1 row, replayed %v", i, g, want[i])
+		}
+	}
+	p.sigterm()
+	if s := p.exitStatus(30 * time.Second); s != 0 {
+		t.Fatalf("exit status %d", s)
+	}
+	var ids []string
+	for _, r := range fb.RowsFor("worker_keys") {
+		var e struct{ ID string }
+		if err := json.Unmarshal(r.Line, &e); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, e.ID)
+	}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []string{"e1", "e2", "e3"}) {
+		t.Fatalf("upstream holds %v; want e1, e2 and e3 once each", ids)
+	}
 }
