@@ -46,6 +46,8 @@
 # more than one the report gives each ratio's median, lowest and highest.
 # PERF_KEEP=1 keeps the work directory (binaries, logs, loadgen JSON).
 # PERF_NATS_SERVER: the nats-server binary for the queue point.
+# PERF_UPSTREAM_ENCODING: the sustained proxy's UPSTREAM_ENCODING (default
+# gzip, the proxy's default; zstd to measure it).
 #
 # The report ends with one summary table, issue #18's targets: queue mode
 # >= 0.6x the accept path (K = 1); the accept path >= 0.85x bare fasthttp
@@ -444,7 +446,7 @@ start_sustained() {
 	wait_port "$PID" "$WORK/fakebird-$name.log" 's/^fakebird: listening on .*:\([0-9][0-9]*\) .*/\1/p'
 	FB_PORT=$PORT
 	start_proxy "$name" TINYBIRD_TOKEN=tb_perf_upstream AUTHORIZATION_TOKEN=tb_perf_client \
-		"TINYBIRD_BASE_URL=http://127.0.0.1:$FB_PORT"
+		"TINYBIRD_BASE_URL=http://127.0.0.1:$FB_PORT" "UPSTREAM_ENCODING=${PERF_UPSTREAM_ENCODING:-gzip}"
 }
 
 # stop_sustained NAME: SIGTERM the proxy (it drains to fakebird), then check
