@@ -55,7 +55,7 @@ func proxyOptions(cfg config.Config, fl *flusher.Flusher, st *store, reg *promet
 	if up := cfg.Upstream(); cfg.Passthrough && up.Kind == config.UpstreamTinybird {
 		pass = proxy.PassthroughOptions{BaseURL: up.BaseURL, Token: up.Token, Timeout: cfg.UpstreamTimeout,
 			// An open proxy must not let anyone truncate datasources with TINYBIRD_TOKEN.
-			ReadOnly: cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0}
+			ReadOnly: cfg.ProxyTokenMode() && len(cfg.AuthorizationTokens) == 0 && cfg.ClientsFile == ""}
 	}
 	var upstreamHealthy func() bool
 	if cfg.ReadyRequiresUpstream {

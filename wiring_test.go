@@ -50,6 +50,10 @@ func TestPassthroughOnlyToTinybird(t *testing.T) {
 			proxy.PassthroughOptions{BaseURL: "https://api.tinybird.co", Token: "p.up", Timeout: 30 * time.Second}},
 		{map[string]string{"TINYBIRD_TOKEN": "p.up", "ALLOW_UNAUTHENTICATED": "true"},
 			proxy.PassthroughOptions{BaseURL: "https://api.tinybird.co", Token: "p.up", Timeout: 30 * time.Second, ReadOnly: true}},
+		// Named clients only: not open, so not read-only (a client with an
+		// allow-list is refused the passthrough by the proxy itself).
+		{map[string]string{"TINYBIRD_TOKEN": "p.up", "CLIENTS_FILE": "clients.json"},
+			proxy.PassthroughOptions{BaseURL: "https://api.tinybird.co", Token: "p.up", Timeout: 30 * time.Second}},
 		{map[string]string{"TINYBIRD_TOKEN": "p.up", "AUTHORIZATION_TOKEN": "c", "PASSTHROUGH": "false"}, proxy.PassthroughOptions{}},
 		{map[string]string{"TINYBIRD_BASE_URL": "file://./events"}, proxy.PassthroughOptions{}},
 		{map[string]string{"TINYBIRD_BASE_URL": "clickhouse://db/analytics", "AUTHORIZATION_TOKEN": "c"}, proxy.PassthroughOptions{}},

@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -367,5 +370,29 @@ func TestBoundsOfClientDrivenTables(t *testing.T) {
 	}
 	if n := ts2.buf.Len(); n != 4 {
 		t.Fatalf("stored %d events; want 4 (k1 twice, k2, k3)", n)
+	}
+}
+
+// TestPassthroughForNamedClients: the rest of the API goes with
+// TINYBIRD_TOKEN, which reaches every datasource, so a client with an
+// allow-list is not forwarded; one without is, as an AUTHORIZATION_TOKEN is.
+func TestPassthroughForNamedClients(t *testing.T) {
+	var forwarded atomic.Int32
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		forwarded.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"data":[]}`))
+	}))
+	t.Cleanup(api.Close)
+	set := clientSet(t, `{"clients":[
+		{"name":"web","token_sha256":"{web}","datasources":["page_views"]},
+		{"name":"api","token_sha256":"{api}"}]}`)
+	ts := startServer(t, Options{Clients: set, Passthrough: PassthroughOptions{BaseURL: api.URL, Token: "tb-upstream", Timeout: time.Second}}, buffer.Options{})
+	res := ts.do(t, "GET", "/v0/pipes/top.json", authBearer(webToken), nil)
+	if res.status != 403 || !strings.Contains(res.body, "client 'web' may only send events") || forwarded.Load() != 0 {
+		t.Fatalf("a client with an allow-list: got %d %s, %d forwarded; want 403 and nothing forwarded", res.status, res.body, forwarded.Load())
+	}
+	if res := ts.do(t, "GET", "/v0/pipes/top.json", authBearer(apiToken), nil); res.status != 200 || forwarded.Load() != 1 {
+		t.Fatalf("a client without one: got %d %s, %d forwarded; want 200, forwarded", res.status, res.body, forwarded.Load())
 	}
 }
