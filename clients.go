@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -21,9 +22,10 @@ import (
 // SIGHUP and when the file changes. A file that fails validation is
 // refused with a log line naming the problem, and the set in force stays.
 type namedClients struct {
-	path string
-	log  *slog.Logger
-	set  func(*clients.Set) // the server's SetClients
+	path  string
+	admin string // ADMIN_TOKEN: no client may hold the console's key
+	log   *slog.Logger
+	set   func(*clients.Set) // the server's SetClients
 
 	mu   sync.Mutex // serializes reloads (SIGHUP and the watcher)
 	last []byte     // the file's contents in force
@@ -35,17 +37,20 @@ func loadClients(cfg config.Config, log *slog.Logger) (*namedClients, *clients.S
 	if cfg.ClientsFile == "" {
 		return nil, nil, nil
 	}
-	data, set, err := readClients(cfg.ClientsFile)
+	data, set, err := readClients(cfg.ClientsFile, cfg.AdminToken)
 	if err != nil {
 		return nil, nil, err
 	}
 	log.Info("named clients loaded", "file", cfg.ClientsFile, "clients", set.Len())
-	return &namedClients{path: cfg.ClientsFile, log: log, last: data}, set, nil
+	return &namedClients{path: cfg.ClientsFile, admin: cfg.AdminToken, log: log, last: data}, set, nil
 }
 
-func readClients(path string) ([]byte, *clients.Set, error) {
+func readClients(path, admin string) ([]byte, *clients.Set, error) {
 	set, err := clients.Load(path)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkAdmin(set, path, admin); err != nil {
 		return nil, nil, err
 	}
 	// Load read it too; reading again to remember what is in force costs a
@@ -55,6 +60,17 @@ func readClients(path string) ([]byte, *clients.Set, error) {
 		return nil, nil, err
 	}
 	return data, set, nil
+}
+
+// checkAdmin refuses a set in which a client's token is ADMIN_TOKEN: a
+// client would hold the console's key (pause, flush).
+func checkAdmin(set *clients.Set, path, admin string) error {
+	if admin != "" {
+		if c := set.Lookup([]byte(admin)); c != nil {
+			return fmt.Errorf("CLIENTS_FILE %s: client %q: token_sha256 is the digest of ADMIN_TOKEN; clients must not hold the console's key", path, c.Name)
+		}
+	}
+	return nil
 }
 
 // serveInto gives the server its clients and how to replace them.
@@ -82,6 +98,9 @@ func (n *namedClients) reload(why string) {
 	var set *clients.Set
 	if err == nil {
 		set, err = clients.Parse(data)
+	}
+	if err == nil {
+		err = checkAdmin(set, n.path, n.admin)
 	}
 	if err != nil {
 		n.log.Error("named clients not reloaded: the clients in force stay", "file", n.path, "reason", why, "err", err)

@@ -4,6 +4,7 @@ package main
 // run the binary are in e2e/.
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tbproxy/tbproxy/clients"
 	"github.com/tbproxy/tbproxy/config"
 	"github.com/tbproxy/tbproxy/proxy"
 )
@@ -181,5 +183,40 @@ func TestWiringWritableDirs(t *testing.T) {
 		if err := checkWritableDirs(cfg); err == nil || !strings.HasPrefix(err.Error(), want) || !strings.HasSuffix(err.Error(), "permission denied") {
 			t.Errorf("read-only SPOOL_DIR: got %v; want %q...permission denied", err, want)
 		}
+	}
+}
+
+// TestClientsFileRefusesTheAdminToken: a client whose token is ADMIN_TOKEN
+// would hold the console's key; start-up and a reload refuse such a file,
+// and a reload keeps the clients in force.
+func TestClientsFileRefusesTheAdminToken(t *testing.T) {
+	const admin = "admin-token-0123456789abcdef"
+	path := filepath.Join(t.TempDir(), "clients.json")
+	write := func(token string) {
+		js := `{"clients":[{"name":"web","token_sha256":"` + clients.HashToken([]byte(token)) + `"}]}`
+		if err := os.WriteFile(path, []byte(js), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := config.Config{ClientsFile: path, AdminToken: admin}
+	log := slog.New(slog.DiscardHandler)
+	write(admin)
+	if _, _, err := loadClients(cfg, log); err == nil || !strings.Contains(err.Error(), `client "web": token_sha256 is the digest of ADMIN_TOKEN`) {
+		t.Fatalf("start-up: got %v; want the file refused", err)
+	}
+	write("web-token-0123456789")
+	n, set, err := loadClients(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inForce *clients.Set
+	n.set = func(s *clients.Set) { inForce = s }
+	write(admin)
+	n.reload("SIGHUP")
+	if inForce != nil {
+		t.Fatal("a reload put ADMIN_TOKEN's client in force")
+	}
+	if set.Lookup([]byte("web-token-0123456789")) == nil {
+		t.Fatal("the set loaded at start lost its client")
 	}
 }
