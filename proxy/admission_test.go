@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/tbproxy/tbproxy/buffer"
 	"github.com/tbproxy/tbproxy/clients"
 	"github.com/tbproxy/tbproxy/idempotency"
+	"github.com/tbproxy/tbproxy/internal/logbuf"
 	"github.com/tbproxy/tbproxy/limits"
 )
 
@@ -111,7 +113,9 @@ func TestClientLimits(t *testing.T) {
 	set := clientSet(t, `{"clients":[
 		{"name":"web","token_sha256":"{web}","events_per_minute":10},
 		{"name":"api","token_sha256":"{api}","events_per_day":5}]}`)
-	ts := startServer(t, Options{Clients: set, Limiter: limits.New(limits.Options{})}, buffer.Options{MaxEvents: 12, MaxBytes: 1 << 20})
+	var logs logbuf.Buffer
+	ts := startServerLogging(t, Options{Clients: set, Limiter: limits.New(limits.Options{})}, buffer.Options{MaxEvents: 12, MaxBytes: 1 << 20},
+		slog.New(slog.NewJSONHandler(&logs, nil)))
 	post := func(token string, n int) response {
 		return ts.do(t, "POST", "/v0/events?name=ds", authBearer(token), []byte(strings.Repeat(`{"a":1}`+"\n", n)))
 	}
@@ -140,6 +144,9 @@ func TestClientLimits(t *testing.T) {
 	}
 	if want := `{"error":"the events_per_minute of client 'web' (10 events) is used up; retry after the time in Retry-After"}`; res.body != want {
 		t.Errorf("refused body: got %s; want %s", res.body, want)
+	}
+	if l := logs.String(); !strings.Contains(l, `"msg":"client over its limit","client":"web","token_id":"","limit":"minute","events_allowed":10`) || strings.Contains(l, webToken) {
+		t.Errorf("log: %s; want one warning naming client web and its minute limit, never the token", l)
 	}
 	if res := post(webToken, 11); res.status != 413 || !strings.Contains(res.body, "events_per_minute") {
 		t.Errorf("a request above the limit: got %d %s; want 413 naming events_per_minute", res.status, res.body)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/hex"
 	"strconv"
 
 	"github.com/tbproxy/tbproxy/limits"
@@ -72,7 +73,22 @@ func (s *Server) admitRate(ctx *fasthttp.RequestCtx, who caller, n int) (reserva
 		s.refuseClient(ctx, who, fasthttp.StatusTooManyRequests, reasonRateLimited,
 			errorBody(limitName+" ("+strconv.FormatInt(d.Limit, 10)+" events) is used up; retry after the time in Retry-After"), n)
 	}
+	// One line an operator can act on, with the client's name (a token's
+	// short digest in pass-through mode), never the token; the logger
+	// throttles repeated warnings.
+	s.log.Warn("client over its limit", "client", who.name(), "token_id", tokenID(who, key),
+		"limit", d.Layer.String(), "events_allowed", d.Limit, "retry_after", retryAfterSeconds(d.RetryAfter))
 	return reservation{}, false
+}
+
+// tokenID names a pass-through token in logs without revealing it: the
+// first 8 hex digits of its SHA-256 (key is that digest), as the console
+// shows it; "" for a named client.
+func tokenID(who caller, key string) string {
+	if who.client != nil || len(key) < 4 {
+		return ""
+	}
+	return hex.EncodeToString([]byte(key[:4]))
 }
 
 // limitName says which limit a refusal is about, for the client's error.
