@@ -87,7 +87,11 @@ func (s *Server) beginKeyed(ctx *fasthttp.RequestCtx, who caller, key buffer.Key
 		out, p, a := s.opts.Idempotency.Begin(scope, key.Datasource, k, sum)
 		switch out {
 		case idempotency.Proceed:
-			return keyed{p: p, id: storeID(scope, key.Datasource, k, sum)}, true
+			kd := keyed{p: p}
+			if _, ok := s.store.(IdempotentStore); ok { // only the queue needs an id of its own
+				kd.id = storeID(scope, key.Datasource, k, sum)
+			}
+			return kd, true
 		case idempotency.Replay:
 			s.replay(ctx, a)
 			return keyed{}, false
