@@ -69,6 +69,8 @@ func TestParseErrors(t *testing.T) {
 		{"name with quote", clientsFile(client(`a'b`, "")), `clients[0]: name "a'b": ` + nameRule},
 		{"name too long", clientsFile(client(strings.Repeat("n", 65), "")), `clients[0]: name "` + strings.Repeat("n", 65) + `": ` + nameRule},
 		{"name very long", clientsFile(client(strings.Repeat("n", 500), "")), `clients[0]: name "` + strings.Repeat("n", 80) + `"…: ` + nameRule},
+		// A value of exactly maxQuoted (80) bytes is repeated whole, with no "…".
+		{"name of 80 bytes", clientsFile(client(strings.Repeat("n", 80), "")), `clients[0]: name "` + strings.Repeat("n", 80) + `": ` + nameRule},
 		{"name not a string", clientsFile(`{"name": 5, "token_sha256": "` + hexDigest("x") + `"}`), `clients[0]: name: must be a string, not number`},
 		{"name duplicate", clientsFile(client("web", ""), client("api", ""),
 			`{"name": "web", "token_sha256": "`+hexDigest("other")+`"}`), `clients[2] ("web"): name: already used by clients[0]`},
@@ -118,6 +120,12 @@ func TestParseErrors(t *testing.T) {
 			`clients[0] ("web"): events_per_day: must be at most 9223372036854775807, got 9223372036854775808`},
 		{"per day very negative", clientsFile(client("web", `, "events_per_day": -9223372036854775809`)),
 			`clients[0] ("web"): events_per_day: must not be negative, got -9223372036854775809 (0 or no field: no limit)`},
+		// A number of exactly maxQuoted (80) bytes is repeated whole; one
+		// byte more is cut there and marked "…".
+		{"per day negative, 80 bytes", clientsFile(client("web", `, "events_per_day": -1`+strings.Repeat("0", 78))),
+			`clients[0] ("web"): events_per_day: must not be negative, got -1` + strings.Repeat("0", 78) + ` (0 or no field: no limit)`},
+		{"per day negative, 81 bytes", clientsFile(client("web", `, "events_per_day": -1`+strings.Repeat("0", 79))),
+			`clients[0] ("web"): events_per_day: must not be negative, got -1` + strings.Repeat("0", 78) + `… (0 or no field: no limit)`},
 
 		// Several errors: every one is reported, valid clients are not.
 		{"several in one client", clientsFile(client("ok", ""),
@@ -256,6 +264,12 @@ func TestLoadErrors(t *testing.T) {
 	_, err = Load(dir)
 	if want := "CLIENTS_FILE " + dir + ": read: is a directory"; err == nil || err.Error() != want {
 		t.Errorf("directory: got %v; want %q", err, want)
+	}
+
+	// A file of exactly MaxFileSize bytes is read whole and accepted.
+	exact := writeFile(t, []byte(`{"clients": []}`+strings.Repeat("\n", MaxFileSize-len(`{"clients": []}`))))
+	if s, err := Load(exact); err != nil || s.Len() != 0 {
+		t.Errorf("file of exactly MaxFileSize bytes: got %v, %v; want an empty set, no error", s, err)
 	}
 
 	big := writeFile(t, []byte(`{"clients": []}`+strings.Repeat("\n", MaxFileSize)))

@@ -46,8 +46,8 @@ type Decision struct {
 	// layer that is on.
 	Allowed bool
 	// Layer is, when refused, the layer that refused (when both did, the
-	// one with the later wait, so RetryAfter and the headers describe the
-	// same limit); when allowed, the layer with less budget left (the
+	// one with the later wait, the day on a tie, so RetryAfter and the
+	// headers describe the same limit); when allowed, the layer with less budget left (the
 	// minute layer on a tie).
 	Layer Layer
 	// Limit is Layer's limit.

@@ -500,3 +500,19 @@ func TestConcurrentMixed(t *testing.T) {
 		t.Errorf("Len() = %d, %d; want at most MaxKeys (20)", a.Len(), b.Len())
 	}
 }
+
+// TestBothLayersRefuseTie: when both layers refuse with the same wait (a
+// request of the whole minute limit 90 s before midnight waits two
+// minutes less the 30 s elapsed, to midnight), the day layer is reported.
+func TestBothLayersRefuseTie(t *testing.T) {
+	lim := Limit{PerMinute: 10, PerDay: 20}
+	l, clk := newTestLimiter(t, time.Date(2026, 3, 10, 23, 50, 0, 0, time.UTC), 0)
+	mustTake(t, l, "k", lim, 10) // the day: 10 of 20
+	clk.Set(time.Date(2026, 3, 10, 23, 58, 30, 0, time.UTC))
+	mustTake(t, l, "k", lim, 1) // the minute: 1 of 10, the day 11 of 20
+	d := l.Take("k", lim, 10)
+	if want := (Decision{Layer: Day, Limit: 20, Remaining: 9, RetryAfter: 90 * time.Second, Reset: 90 * time.Second}); d != want {
+		t.Fatalf("got %+v; want %+v", d, want)
+	}
+	checkRetryAfter(t, l, clk, "k", lim, 10, d)
+}

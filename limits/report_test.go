@@ -2,6 +2,7 @@ package limits
 
 import (
 	"crypto/sha256"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -294,4 +295,91 @@ func FuzzMerge(f *testing.F) {
 			t.Fatalf("after Merge: %+v", d)
 		}
 	})
+}
+
+// TestMergeLargestReport: the size bound refuses no report a replica can
+// send. The largest has MaxKeys identities, each with a 256-byte key that
+// JSON escapes whole (\u00XX, 6 bytes a byte), 19-digit counts in all
+// three windows, and a 256-byte replica id escaped the same way.
+func TestMergeLargestReport(t *testing.T) {
+	for _, maxKeys := range []int{1, 3} {
+		clk := newClock(base.Add(-30 * time.Second))
+		a := New(Options{Now: clk.Now})
+		b := New(Options{MaxKeys: maxKeys, Now: clk.Now})
+		lim := Limit{PerMinute: math.MaxInt64, PerDay: math.MaxInt64}
+		keys := make([]string, maxKeys)
+		for i := range keys {
+			keys[i] = strings.Repeat("<", 255) + string(rune(1+i))
+			mustTake(t, a, keys[i], lim, 5e18) // the previous minute
+		}
+		clk.Set(base.Add(30 * time.Second))
+		for _, k := range keys {
+			mustTake(t, a, k, lim, 1e18) // this minute
+		}
+		rep := a.AppendReport(nil, strings.Repeat("<", 256))
+		if !strings.Contains(string(rep), `\u003c`) || strings.Count(string(rep), `000000000000000000`) != 3*maxKeys {
+			t.Fatalf("report %.200s…: want escaped keys and 19-digit counts", rep)
+		}
+		if err := b.Merge(rep, "b"); err != nil {
+			t.Fatalf("MaxKeys %d: Merge of a %d-byte report: %v", maxKeys, len(rep), err)
+		}
+		if got := b.Take(keys[0], Limit{PerMinute: 100}, 1); got.Allowed || b.Len() != maxKeys {
+			t.Errorf("MaxKeys %d: after Merge, Len %d, Take %+v; want %d keys, refused", maxKeys, b.Len(), got, maxKeys)
+		}
+	}
+}
+
+// TestReportDayOnly: with only a day quota, nothing is counted per minute
+// and a report carries only day counts; the others still count them, in
+// any minute of the same day.
+func TestReportDayOnly(t *testing.T) {
+	a, b, clk := pair(t, base.Add(10*time.Second))
+	lim := Limit{PerDay: 100}
+	mustTake(t, a, "k", lim, 60)
+	rep := a.AppendReport(nil, "a")
+	if got := decodeReport(t, rep).Counts; len(got) != 1 || !reflect.DeepEqual(got[0], reportCount{Key: "k", Day: 60}) {
+		t.Fatalf("counts %+v; want only the day's 60", got)
+	}
+	clk.Set(base.Add(5 * time.Minute)) // merged minutes later, the same day
+	if err := b.Merge(rep, "b"); err != nil {
+		t.Fatal(err)
+	}
+	toMidnight := 12*time.Hour - 5*time.Minute
+	if got, want := b.Take("k", lim, 41), (Decision{Layer: Day, Limit: 100, Remaining: 40, RetryAfter: toMidnight, Reset: toMidnight}); got != want {
+		t.Fatalf("b after a's report: got %+v; want %+v", got, want)
+	}
+	mustTake(t, b, "k", lim, 40)
+}
+
+// TestReportTracksNothingForNothing: a report whose counts all fall
+// outside the receiver's windows makes it track no identity (Stats.Keys,
+// and a slot of MaxKeys), even when the report's minute is one of them.
+func TestReportTracksNothingForNothing(t *testing.T) {
+	// Only a day count, made in the last minute of yesterday and merged in
+	// the first minute of today: that minute is the receiver's previous
+	// one, but the day is over.
+	midnight := time.Date(2026, 3, 11, 0, 0, 0, 0, time.UTC)
+	a, b, clk := pair(t, midnight.Add(-30*time.Second))
+	mustTake(t, a, "k", Limit{PerDay: 100}, 10)
+	rep := a.AppendReport(nil, "a")
+	clk.Set(midnight.Add(10 * time.Second))
+	if err := b.Merge(rep, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.Stats(); s.Keys != 0 {
+		t.Errorf("yesterday's day count: Stats() = %+v; want no key tracked", s)
+	}
+
+	// Only a minute count from a clock one minute ahead: the receiver has
+	// not reached that minute, though it holds the one before it.
+	a, b, clk = pair(t, base.Add(time.Minute+10*time.Second))
+	mustTake(t, a, "k", Limit{PerMinute: 100}, 10)
+	rep = a.AppendReport(nil, "a")
+	clk.Set(base.Add(30 * time.Second))
+	if err := b.Merge(rep, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.Stats(); s.Keys != 0 {
+		t.Errorf("a count for a minute ahead: Stats() = %+v; want no key tracked", s)
+	}
 }
