@@ -386,3 +386,26 @@ func TestStreamShareConcurrent(t *testing.T) {
 		t.Fatalf("everything released: %d streams holding, %d events held; want 0 and 0", b.streams.holding, b.heldEvents)
 	}
 }
+
+// TestIdleKeyBytesCountEveryPart: the bound on idle streams' key bytes
+// counts the client, the token and the datasource of each, exactly.
+func TestIdleKeyBytesCountEveryPart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := New(Options{MaxEvents: 1000, MaxBytes: 1 << 20, StreamShare: 0.5})
+		want := 0
+		for i := range 3 {
+			k := Key{Client: "client-" + strconv.Itoa(i), Token: strings.Repeat("t", 100+i), Datasource: strings.Repeat("d", 50+i)}
+			if err := b.Put(k, lines(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+			releaseAll(b, nil)
+			want += len(k.Client) + len(k.Token) + len(k.Datasource)
+		}
+		b.mu.Lock()
+		got := b.streams.idleKeyBytes
+		b.mu.Unlock()
+		if got != want {
+			t.Fatalf("idle keys hold %d bytes; want %d (client, token and datasource of each)", got, want)
+		}
+	})
+}
