@@ -155,13 +155,12 @@ func clWantAccepted(t *testing.T, what string, s clSent, limit, remaining int64,
 	}
 }
 
-// clWantRefused checks a 429 from a client's limit: its headers (Retry-After
-// equal to X-RateLimit-Reset, and the wait given as a function of the
-// moment of the decision) and a JSON body naming the limit and the client.
-func clWantRefused(t *testing.T, what string, s clSent, limit, remaining int64, wait func(time.Time) time.Duration, names ...string) {
+// clWantLimitError checks a limit's refusal: its status, a JSON error,
+// and the X-RateLimit-Limit and -Remaining headers.
+func clWantLimitError(t *testing.T, what string, s clSent, status int, limit, remaining int64) {
 	t.Helper()
-	if s.status != http.StatusTooManyRequests {
-		t.Fatalf("%s: got %d %s; want 429", what, s.status, s.body)
+	if s.status != status {
+		t.Fatalf("%s: got %d %s; want %d", what, s.status, s.body, status)
 	}
 	assertJSONError(t, s.reply)
 	if got := clHeaderInt(t, s.reply, "X-RateLimit-Limit"); got != limit {
@@ -170,6 +169,14 @@ func clWantRefused(t *testing.T, what string, s clSent, limit, remaining int64, 
 	if got := clHeaderInt(t, s.reply, "X-RateLimit-Remaining"); got != remaining {
 		t.Errorf("%s: X-RateLimit-Remaining = %d; want %d", what, got, remaining)
 	}
+}
+
+// clWantRefused checks a 429 from a client's limit: its headers (Retry-After
+// equal to X-RateLimit-Reset, and the wait given as a function of the
+// moment of the decision) and a JSON body naming the limit and the client.
+func clWantRefused(t *testing.T, what string, s clSent, limit, remaining int64, wait func(time.Time) time.Duration, names ...string) {
+	t.Helper()
+	clWantLimitError(t, what, s, http.StatusTooManyRequests, limit, remaining)
 	ra, reset := clHeaderInt(t, s.reply, "Retry-After"), clHeaderInt(t, s.reply, "X-RateLimit-Reset")
 	if ra != reset {
 		t.Errorf("%s: Retry-After %d != X-RateLimit-Reset %d", what, ra, reset)
@@ -186,16 +193,7 @@ func clWantRefused(t *testing.T, what string, s clSent, limit, remaining int64, 
 // pass, so it has no Retry-After; the body names the limit and the client.
 func clWantTooLarge(t *testing.T, what string, s clSent, limit, remaining int64, names ...string) {
 	t.Helper()
-	if s.status != http.StatusRequestEntityTooLarge {
-		t.Fatalf("%s: got %d %s; want 413", what, s.status, s.body)
-	}
-	assertJSONError(t, s.reply)
-	if got := clHeaderInt(t, s.reply, "X-RateLimit-Limit"); got != limit {
-		t.Errorf("%s: X-RateLimit-Limit = %d; want %d", what, got, limit)
-	}
-	if got := clHeaderInt(t, s.reply, "X-RateLimit-Remaining"); got != remaining {
-		t.Errorf("%s: X-RateLimit-Remaining = %d; want %d", what, got, remaining)
-	}
+	clWantLimitError(t, what, s, http.StatusRequestEntityTooLarge, limit, remaining)
 	if v := s.header.Get("Retry-After"); v != "" {
 		t.Errorf("%s: Retry-After %q on a request that can never pass", what, v)
 	}
