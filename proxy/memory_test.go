@@ -192,6 +192,7 @@ func TestWaitingRequestsHoldNoBody(t *testing.T) {
 		body   string
 	}
 	answers := make(chan answer, 20)
+	timedOut := 0 // answers read while sending
 	for i := range 20 {
 		go func() {
 			req, _ := http.NewRequest("POST", ts.url+"/v0/events?name=ds&wait=true", bytes.NewReader(body))
@@ -205,13 +206,24 @@ func TestWaitingRequestsHoldNoBody(t *testing.T) {
 			r.Body.Close()
 			answers <- answer{r.StatusCode, string(b)}
 		}()
-		// One at a time: each decodes alone, then waits.
-		poll.Until(t, "the request to wait", func() bool { return ts.buf.Len() == i+1 })
+		// One at a time: each decodes alone, then waits. Earlier ones may
+		// time out meanwhile; any other answer now is a refusal: say which.
+		poll.Until(t, "the request to wait", func() bool {
+			select {
+			case a := <-answers:
+				if a.status != 503 || !strings.Contains(a.body, "timed out waiting") {
+					t.Fatalf("request %d: an answer %d %s before its rows were stored", i, a.status, a.body)
+				}
+				timedOut++
+			default:
+			}
+			return ts.buf.Len() == i+1
+		})
 	}
 	if got := testutil.ToFloat64(ts.srv.m.requestMemory); got != 0 {
 		t.Errorf("request memory held by waiting requests = %v; want 0", got)
 	}
-	for range 20 {
+	for range 20 - timedOut {
 		a := <-answers
 		if a.status != 503 || !strings.Contains(a.body, "timed out waiting") {
 			t.Errorf("got %d %s; want each to time out waiting (nothing drains this buffer)", a.status, a.body)
