@@ -86,8 +86,16 @@ func (q *Queue) Broadcast(topic string, data []byte) error {
 }
 
 // Listen calls f with every message Broadcast on topic, this replica's
-// own included, on one goroutine of the connection's, until Close.
+// own included, on one goroutine of the connection's, until Close. It
+// returns once the server holds the subscription, so a broadcast made after
+// it returns, by any replica, is heard; if the connection is down just then,
+// the subscription is made on reconnect.
 func (q *Queue) Listen(topic string, f func(data []byte)) error {
-	_, err := q.nc.Subscribe(q.opts.Subject+".share."+topic, func(m *nats.Msg) { f(m.Data) })
-	return err
+	if _, err := q.nc.Subscribe(q.opts.Subject+".share."+topic, func(m *nats.Msg) { f(m.Data) }); err != nil {
+		return err
+	}
+	if err := q.nc.Flush(); errors.Is(err, nats.ErrConnectionClosed) {
+		return err
+	}
+	return nil
 }
